@@ -1,0 +1,52 @@
+"""The `hsd` command: parsing and dispatch only.
+
+Each subcommand lives in its own module, which exposes `configure_parser(parser)` and `main(args) -> int`.
+Modules are imported only when their subcommand runs, so `hsd --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("hsd.quickstart", "build the testbed model, train HSD and GRPO side by side, report"),
+    "train": ("hsd.trainer.cli", "train with HSD or a baseline from a YAML config"),
+    "eval": ("hsd.eval", "pass@1 (avg@k), pass@k and greedy accuracy on math and code benchmarks"),
+    "analyze": ("hsd.analysis.cli", "where the teacher's credit lands: tables, plots, report.html"),
+    "compare": ("hsd.compare", "several methods x seeds on one config: comparison.md and curves"),
+    "bench": ("hsd.bench", "time GRPO, OPSD and HSD phase by phase on one fixed batch"),
+    "testbed": ("hsd.testbed.cli", "build the small pretrained testbed model"),
+    "core-demo": ("hsd.core.demo", "a few training-free HSD core computations (no model needed)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsd", description="Hindsight Self-Distillation for LLM reasoners")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        build_parser().print_usage(sys.stderr)
+        print(f"hsd: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1])
+    module.configure_parser(parser)
+    args = parser.parse_args(rest)
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
