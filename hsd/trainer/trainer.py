@@ -1,0 +1,424 @@
+"""`HSDTrainer`: TRL's `GRPOTrainer` with a self-teacher conditioned on a successful peer (HSD) and baselines.
+
+Overrides: `_calculate_rewards` (keeps the batch for peer choice), `_generate_and_score_completions` (peers,
+contexts, teacher prompts), `_compute_loss` (distillation / RLSD on top of TRL's loss), `training_step`
+(phase timings). The GRPO-family losses are TRL's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+from accelerate.utils import gather_object
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import pad
+
+from hsd.core.contexts import build_contexts
+from hsd.core.divergence import first_divergence
+from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
+from hsd.core.peers import group_outcomes, select_peers
+from hsd.trainer.config import HSDConfig
+from hsd.trainer.forward import chunked_token_logps, install_hsd_forward
+from hsd.trainer.teacher import teacher_input_ids
+
+logger = logging.getLogger(__name__)
+
+# TRL loss type -> how the distillation term is normalised, so a mixed loss is consistent.
+AGGREGATION_FOR_LOSS_TYPE = {
+    "grpo": "sequence_mean", "sapo": "sequence_mean", "luspo": "sequence_mean",
+    "bnpo": "token_mean", "dapo": "token_mean", "cispo": "token_mean", "vespo": "token_mean",
+    "dr_grpo": "fixed_length",
+}
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function raised: the message names the function and the batch it failed on."""
+
+
+def _guard_reward_func(func):
+    """Wrap a reward function so an exception names the function and the first failing prompt."""
+    name = getattr(func, "__name__", type(func).__name__)
+
+    @functools.wraps(func)
+    def guarded(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # re-raised with the function's name
+            prompts = kwargs.get("prompts") or []
+            first = str(prompts[0])[:200] if prompts else "?"
+            raise RewardFunctionError(
+                f"reward function {name!r} raised {type(exc).__name__}: {exc} "
+                f"(batch of {len(prompts)} completions; first prompt: {first!r})"
+            ) from exc
+
+    guarded.__name__ = name
+    return guarded
+
+
+def validate_dataset(dataset, args: HSDConfig) -> None:
+    """Check that the columns the chosen context needs exist and are filled; name the column and row."""
+    if dataset is None or not args.needs_teacher or not hasattr(dataset, "column_names"):
+        return
+    needs = []
+    if args.context in ("hsd", "opsd"):
+        needs.append(args.answer_column)
+    if args.context == "reference":
+        needs.append(args.reference_column)
+    for column in needs:
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"context {args.context!r} needs the dataset column {column!r}, which is missing "
+                f"(columns: {', '.join(dataset.column_names)}); set HSDConfig."
+                f"{'answer_column' if column == args.answer_column else 'reference_column'} to the right name"
+            )
+        bad = [i for i, value in enumerate(dataset[column]) if value is None or str(value).strip() == ""]
+        if bad:
+            raise ValueError(
+                f"dataset column {column!r} is empty in {len(bad)} row(s), first rows (0-based): {bad[:10]}; "
+                f"context {args.context!r} needs it in every row"
+            )
+
+
+class _EMATeacherCallback(TrainerCallback):
+    """After each optimizer step: teacher <- decay * teacher + (1 - decay) * policy."""
+
+    def __init__(self, trainer: HSDTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._update_ema_teacher()
+
+
+class HSDTrainer(GRPOTrainer):
+    """GRPOTrainer + Hindsight Self-Distillation. Pass an `HSDConfig`; everything else is as in TRL."""
+
+    _tag_names = ["trl", "grpo", "hsd"]
+
+    def __init__(self, model, reward_funcs=None, args: HSDConfig | None = None, train_dataset=None, **kwargs):
+        if args is None:
+            args = HSDConfig(output_dir="hsd-output")
+        if not isinstance(args, HSDConfig):
+            raise TypeError(f"HSDTrainer needs an HSDConfig, got {type(args).__name__}")
+        validate_dataset(train_dataset, args)
+        if isinstance(model, str):
+            from hsd.models import resolve_model
+
+            source = resolve_model(model)
+            if source.gguf_file:
+                args.model_init_kwargs = {**(args.model_init_kwargs or {}), **source.init_kwargs}
+            model = source.pretrained
+        if reward_funcs is not None:
+            funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+            reward_funcs = [
+                f if isinstance(f, (str, torch.nn.Module)) or not callable(f) else _guard_reward_func(f)
+                for f in funcs
+            ]
+        super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        install_hsd_forward(self.model)
+        self._peer_draws = 0
+        self._phase = defaultdict(float)
+        self._hsd_batch: dict | None = None
+        self.teacher_model = None  # None: the live policy under stop-gradient (the paper's choice)
+        if args.needs_teacher and args.teacher_weights != "live":
+            self.teacher_model = self._copy_policy()
+            if args.teacher_weights == "ema":
+                if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                    raise ValueError("teacher_weights='ema' is not supported with DeepSpeed or FSDP; use live")
+                self.add_callback(_EMATeacherCallback(self))
+
+    # ----------------------------------------------------------------------------------------------- teacher
+    def _copy_policy(self):
+        """A separate copy of the current policy (frozen or EMA teacher), prepared like TRL's reference."""
+        from trl.models import prepare_deepspeed, prepare_fsdp
+
+        policy = self.accelerator.unwrap_model(self.model)
+        teacher = type(policy)(policy.config)
+        teacher.load_state_dict(policy.state_dict())
+        teacher.to(dtype=next(policy.parameters()).dtype).eval().requires_grad_(False)
+        install_hsd_forward(teacher)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(teacher, self.accelerator)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    @torch.no_grad()
+    def _update_ema_teacher(self) -> None:
+        decay = self.args.teacher_ema_decay
+        policy = self.accelerator.unwrap_model(self.model)
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        for p_teacher, p_policy in zip(teacher.parameters(), policy.parameters(), strict=True):
+            p_teacher.mul_(decay).add_(p_policy.detach().to(p_teacher.dtype), alpha=1.0 - decay)
+
+    @contextmanager
+    def _timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phase[phase] += time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------- rollouts & peers
+    def _generate(self, prompts):
+        with self._timed("rollout"):
+            return super()._generate(prompts)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        with self._timed("scoring"):
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._hsd_batch = dict(
+            inputs=inputs, prompts=prompts, completion_ids=completion_ids_list, rewards_per_func=rewards_per_func
+        )
+        return rewards_per_func
+
+    def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over reward functions; NaN where no function could score the rollout."""
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        return rewards
+
+    def _peer_generator(self) -> torch.Generator:
+        """Same seed on every process and in a one-process run: peer choice does not depend on the layout."""
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self._peer_draws)
+        self._peer_draws += 1
+        return generator
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        args = self.args
+        batch, self._hsd_batch = self._hsd_batch, None
+        mode = "train" if self.model.training else "eval"
+        rewards = self._total_rewards(batch["rewards_per_func"]).cpu()  # all processes, in process order
+        uncomputed = torch.isnan(rewards)
+        self._metrics[mode]["hsd/uncomputed_reward_frac"].append(uncomputed.float().mean().item())
+        if uncomputed.float().mean().item() > args.max_uncomputed_reward_fraction:
+            raise RuntimeError(
+                f"{int(uncomputed.sum())} of {rewards.numel()} rewards could not be computed in this batch "
+                f"(more than max_uncomputed_reward_fraction={args.max_uncomputed_reward_fraction}); stopping "
+                "rather than training on them. See the reward function's warnings above for the rows."
+            )
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        scored = torch.where(uncomputed, torch.full_like(rewards, -math.inf), rewards)  # never a peer
+        outcomes = group_outcomes(scored, group_size, threshold=args.success_threshold)
+        n_groups = max(outcomes["groups"], 1)
+        self._metrics[mode]["hsd/groups_no_success_frac"].append(outcomes["groups_no_success"] / n_groups)
+        self._metrics[mode]["hsd/groups_all_success_frac"].append(outcomes["groups_all_success"] / n_groups)
+        self._metrics[mode]["hsd/success_rate"].append((scored >= args.success_threshold).float().mean().item())
+        if not args.needs_teacher:
+            return output
+
+        local_ids = [list(map(int, ids)) for ids in batch["completion_ids"]]
+        all_ids = gather_object(local_ids)
+        local_inputs = batch["inputs"]
+        answers = gather_object([str(x.get(args.answer_column, "") or "") for x in local_inputs])
+        references = None
+        if args.context == "reference":
+            references = gather_object([str(x.get(args.reference_column, "") or "") for x in local_inputs])
+        logps = None
+        if args.peer_rule in ("lowest_ppl", "highest_ppl"):
+            logps = gather_object(self._mean_completion_logps(output))
+        peers = select_peers(
+            scored, group_size, args.peer_rule, generator=self._peer_generator(),
+            lengths=[len(ids) for ids in all_ids], logps=logps, threshold=args.success_threshold,
+        )
+        contexts = build_contexts(
+            scored, group_size, peers, args.context, answers=answers, references=references,
+            fallback=args.fallback, distill_successes=args.distill_successes, threshold=args.success_threshold,
+        )
+        contexts = [None if uncomputed[i] else c for i, c in enumerate(contexts)]
+
+        start = self.accelerator.process_index * len(local_ids)
+        local = range(start, start + len(local_ids))
+        local_contexts = [contexts[g] for g in local]
+        peer_ids = [all_ids[c.peer] if c is not None and c.peer is not None else None for c in local_contexts]
+        with self._timed("teacher_prompts"):
+            teacher = teacher_input_ids(
+                batch["prompts"], local_ids, local_contexts, peer_ids, self.processing_class,
+                args.teacher_template, max_peer_tokens=args.max_peer_tokens,
+                chat_template_kwargs=self.chat_template_kwargs,
+            )
+        pad_id = self._tokenizer.pad_token_id
+        device = output["completion_ids"].device
+        prompt_rows = [torch.tensor(t[0] if t is not None else [pad_id]) for t in teacher]
+        output["teacher_prompt_ids"] = pad(prompt_rows, padding_value=pad_id, padding_side="left").to(device)
+        output["teacher_prompt_mask"] = pad(
+            [torch.ones(len(r), dtype=torch.long) for r in prompt_rows], padding_value=0, padding_side="left"
+        ).to(device)
+        output["distill_mask"] = torch.tensor([t is not None for t in teacher], device=device)
+        # tau (Eq. 11) of each failed rollout against its peer; -1 where it has none.
+        taus = []
+        for g, context in zip(local, local_contexts):
+            failed = scored[g] < args.success_threshold
+            tau = first_divergence(all_ids[g], all_ids[context.peer]) if failed and context and context.peer is not None else None
+            taus.append(-1 if tau is None else tau)
+        output["hsd_tau"] = torch.tensor(taus, device=device)
+
+        n = len(contexts)
+        with_peer = sum(c is not None and c.peer is not None for c in contexts)
+        fallback = sum(c is not None and c.fallback for c in contexts)
+        self._metrics[mode]["hsd/coverage"].append(with_peer / n)
+        self._metrics[mode]["hsd/fallback_frac"].append(fallback / n)
+        self._metrics[mode]["hsd/distilled_frac"].append(sum(c is not None for c in contexts) / n)
+        all_taus = [t for t in gather_object(taus) if t >= 0]
+        if all_taus:
+            self._metrics[mode]["hsd/tau_median"].append(float(torch.tensor(all_taus).float().median()))
+        return output
+
+    @torch.no_grad()
+    def _mean_completion_logps(self, output) -> list[float]:
+        """Mean token log-prob of each local completion under the current policy (perplexity peer rules)."""
+        ids = output["completion_ids"]
+        mask = output["completion_mask"]
+        hidden = self.model(
+            input_ids=torch.cat([output["prompt_ids"], ids], dim=1),
+            attention_mask=torch.cat([output["prompt_mask"], mask], dim=1),
+            hsd_hidden=ids.size(1),
+        )
+        lm_head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
+        logp = chunked_token_logps(hidden.reshape(-1, hidden.size(-1)), ids.reshape(-1), lm_head,
+                                   temperature=self.temperature).view_as(ids.float())
+        return ((logp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+
+    # ------------------------------------------------------------------------------------------------- loss
+    def _teacher_hidden(self, model, inputs, rows: torch.Tensor) -> torch.Tensor:
+        """Teacher pass (stop-gradient) over [teacher prompt ; completion] for the selected rows: [B, T, H]."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        T = completion_ids.size(1)
+        teacher = self.teacher_model if self.teacher_model is not None else model
+        index = rows.nonzero(as_tuple=True)[0]
+        with torch.no_grad(), self._timed("teacher"):
+            hidden = teacher(
+                input_ids=torch.cat([inputs["teacher_prompt_ids"][index], completion_ids[index]], dim=1),
+                attention_mask=torch.cat([inputs["teacher_prompt_mask"][index], completion_mask[index]], dim=1),
+                hsd_hidden=T,
+            )
+        out = hidden.new_zeros(completion_ids.size(0), T, hidden.size(-1))
+        out[index] = hidden
+        return out
+
+    def _student_terms(self, model, inputs, positions: torch.Tensor, teacher_hidden: torch.Tensor):
+        """One student pass: divergence, log pS(o_t) and log pT(o_t), each [B, T] (zero off `positions`)."""
+        args = self.args
+        completion_ids = inputs["completion_ids"]
+        spec = dict(
+            completion_ids=completion_ids, positions=positions, teacher_hidden=teacher_hidden, kind=args.divergence,
+            temperature=self.temperature, alpha=args.divergence_alpha, topk=args.divergence_topk,
+            clip=args.divergence_clip, chunk_size=args.divergence_chunk_size,
+        )
+        with self._timed("student_forward"):
+            div, s_logp, t_logp = model(
+                input_ids=torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
+                attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+                hsd_distill=spec,
+            )
+        shape = completion_ids.shape
+        out = []
+        for values in (div, s_logp, t_logp):
+            full = torch.zeros(shape, dtype=values.dtype, device=values.device)
+            full[positions] = values
+            out.append(full)
+        return out
+
+    def _loss_mask(self, inputs) -> torch.Tensor:
+        mask = inputs["completion_mask"]
+        return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
+
+    def _aggregate(self, values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+        mode = AGGREGATION_FOR_LOSS_TYPE.get(self.loss_type, "sequence_mean")
+        if self.args.distill_weight > 0 and self.args.pg_weight == 0:
+            mode = "sequence_mean"  # Eq. 10: mean over rollouts of each rollout's token mean
+        if mode == "fixed_length":
+            return aggregate(values_BT, mask_BT, mode, max_length=self.max_completion_length)
+        return aggregate(values_BT, mask_BT, mode)
+
+    def _distillation_loss(self, model, inputs) -> torch.Tensor:
+        """(1/G) sum_i (1/|o_i|) sum_t L_{i,t} (+ beta * KL(pi_theta || pi_0))   # Eq. 10, L from Eq. 13."""
+        mask = self._loss_mask(inputs).float()
+        distill = inputs["distill_mask"].bool()
+        with_ref = self.beta != 0.0 and self.args.pg_weight == 0
+        positions = mask.bool() & (distill[:, None] | with_ref)
+        teacher_hidden = self._teacher_hidden(model, inputs, distill)
+        div, s_logp, t_logp = self._student_terms(model, inputs, positions, teacher_hidden)
+        distill_mask = mask * distill[:, None].float()
+        loss = self._aggregate(div, distill_mask)
+        if with_ref:  # sequence-level KL to the initial policy, beta (method doc, step 7)
+            kl = reference_kl(s_logp, inputs["ref_per_token_logps"])
+            loss = loss + self.beta * self._aggregate(kl, mask)
+            self._log_mean("kl", kl, mask)
+        self._log_credit(inputs, div.detach(), (t_logp - s_logp).detach(), distill_mask)
+        mode = "train" if self.model.training else "eval"
+        return loss / (self.current_gradient_accumulation_steps if mode == "train" else 1.0)
+
+    def _rlsd_inputs(self, model, inputs):
+        """RLSD: per-token advantages A_t = A * ((1 - lambda) + lambda * w_t), w_t from teacher/student ratio."""
+        args = self.args
+        mask = self._loss_mask(inputs).bool()
+        distill = inputs["distill_mask"].bool()
+        positions = mask & distill[:, None]
+        teacher_hidden = self._teacher_hidden(model, inputs, distill)
+        with torch.no_grad():
+            _, s_logp, t_logp = self._student_terms(model, inputs, positions, teacher_hidden)
+        weights = rlsd_token_weights(inputs["advantages"], t_logp, s_logp, args.rlsd_eps)
+        weights = torch.where(positions, weights, torch.ones_like(weights))
+        self._log_credit(inputs, None, (t_logp - s_logp), positions.float())
+        return {**inputs, "advantages": rlsd_advantages(inputs["advantages"], weights, args.rlsd_lambda)}
+
+    def _compute_loss(self, model, inputs):
+        args = self.args
+        if args.rlsd:
+            inputs = self._rlsd_inputs(model, inputs)
+        loss = None
+        if args.pg_weight > 0:
+            loss = super()._compute_loss(model, inputs)
+            if args.pg_weight != 1.0:
+                loss = args.pg_weight * loss
+        if args.distill_weight > 0:
+            distill = args.distill_weight * self._distillation_loss(model, inputs)
+            loss = distill if loss is None else loss + distill
+        return loss
+
+    # -------------------------------------------------------------------------------------------- metrics
+    def _log_mean(self, name: str, values_BT: torch.Tensor, mask_BT: torch.Tensor) -> None:
+        totals = torch.stack([(values_BT * mask_BT).sum(), mask_BT.sum()]).float()
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
+
+    def _log_credit(self, inputs, div, credit, distill_mask) -> None:
+        """Mean divergence, distilled tokens, and mean |A_t| (Eq. 2) at tau versus elsewhere."""
+        mode = "train" if self.model.training else "eval"
+        if div is not None:
+            self._log_mean("hsd/divergence_mean", div, distill_mask)
+        tokens = self.accelerator.reduce(distill_mask.sum().float(), reduction="sum")
+        self._metrics[mode]["hsd/distilled_tokens"].append(tokens.item())
+        taus = inputs["hsd_tau"]
+        T = credit.size(1)
+        at_tau = torch.zeros_like(distill_mask)
+        rows = (taus >= 0) & (taus < T)
+        at_tau[rows.nonzero(as_tuple=True)[0], taus[rows]] = 1.0
+        at_tau = at_tau * distill_mask
+        failed_with_tau = distill_mask * rows[:, None].float()
+        self._log_mean("hsd/abs_credit_at_tau", credit.abs(), at_tau)
+        self._log_mean("hsd/abs_credit_elsewhere", credit.abs(), failed_with_tau - at_tau)
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        self._phase.clear()
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        total = time.perf_counter() - start
+        phase = dict(self._phase)
+        mode = "train"
+        for name in ("rollout", "scoring", "teacher"):
+            self._metrics[mode][f"time/{name}"].append(phase.get(name, 0.0))
+        other = phase.get("rollout", 0.0) + phase.get("scoring", 0.0) + phase.get("teacher", 0.0)
+        other += phase.get("teacher_prompts", 0.0)
+        self._metrics[mode]["time/update"].append(max(total - other, 0.0))
+        return loss
