@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1])
     module.configure_parser(parser)
-    args = parser.parse_args(rest)
+    if getattr(module, "ACCEPTS_OVERRIDES", False):  # `--field value` pairs the module parses itself
+        args, extra = parser.parse_known_args(rest)
+        args.overrides = extra
+    else:
+        args = parser.parse_args(rest)
     return int(module.main(args) or 0)
 
 

@@ -53,7 +53,9 @@ def resolve_model(name_or_path: str) -> ModelSource:
         return ModelSource(str(path.parent.resolve()), path.name)
     path = Path(name).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"model path {path} is a file but not a .gguf; pass a model directory, a GGUF or a hub id")
+        raise ValueError(
+            f"model path {path} is a file but not a .gguf; pass a model directory, a GGUF or a hub id"
+        )
     return ModelSource(str(path.resolve()) if path.is_dir() else name)
 
 

@@ -25,30 +25,59 @@ PRESETS: dict[str, dict] = {
     "opsd": dict(context="opsd", distill_weight=1.0, pg_weight=0.0, rlsd=False),
     "sdft": dict(context="reference", distill_weight=1.0, pg_weight=0.0, rlsd=False),
     "grpo_opsd": dict(
-        context="opsd", distill_weight=0.5, pg_weight=0.5, rlsd=False,
+        context="opsd",
+        distill_weight=0.5,
+        pg_weight=0.5,
+        rlsd=False,
         trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
     ),
     "rlsd": dict(
-        context="opsd", distill_weight=0.0, pg_weight=1.0, rlsd=True,
+        context="opsd",
+        distill_weight=0.0,
+        pg_weight=1.0,
+        rlsd=True,
         trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
     ),
     "grpo": dict(
-        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
+        context="none",
+        distill_weight=0.0,
+        pg_weight=1.0,
+        rlsd=False,
         trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
     ),
     "dr_grpo": dict(
-        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
+        context="none",
+        distill_weight=0.0,
+        pg_weight=1.0,
+        rlsd=False,
         trl=dict(loss_type="dr_grpo", scale_rewards="none", importance_sampling_level="token"),
     ),
     "dapo": dict(
-        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
-        trl=dict(loss_type="dapo", scale_rewards="group", importance_sampling_level="token",
-                 epsilon=0.2, epsilon_high=0.28, mask_truncated_completions=True),
+        context="none",
+        distill_weight=0.0,
+        pg_weight=1.0,
+        rlsd=False,
+        trl=dict(
+            loss_type="dapo",
+            scale_rewards="group",
+            importance_sampling_level="token",
+            epsilon=0.2,
+            epsilon_high=0.28,
+            mask_truncated_completions=True,
+        ),
     ),
     "gspo": dict(
-        context="none", distill_weight=0.0, pg_weight=1.0, rlsd=False,
-        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="sequence",
-                 epsilon=3e-4, epsilon_high=4e-4),
+        context="none",
+        distill_weight=0.0,
+        pg_weight=1.0,
+        rlsd=False,
+        trl=dict(
+            loss_type="grpo",
+            scale_rewards="group",
+            importance_sampling_level="sequence",
+            epsilon=3e-4,
+            epsilon_high=4e-4,
+        ),
     ),
 }
 METHODS = tuple(PRESETS)
@@ -71,7 +100,9 @@ class HSDConfig(GRPOConfig):
     )
     context: str | None = field(
         default=None,
-        metadata={"help": f"Teacher's privileged context: {', '.join(CONTEXT_MODES)} (Eq. 9). Preset if unset."},
+        metadata={
+            "help": f"Teacher's privileged context: {', '.join(CONTEXT_MODES)} (Eq. 9). Preset if unset."
+        },
     )
     peer_rule: str = field(
         default="uniform",
@@ -79,7 +110,9 @@ class HSDConfig(GRPOConfig):
     )
     fallback: bool = field(
         default=True,
-        metadata={"help": "With no successful peer, fall back to the answer-only context (else no distillation)."},
+        metadata={
+            "help": "With no successful peer, fall back to the answer-only context (else no distillation)."
+        },
     )
     distill_successes: bool = field(
         default=True,
@@ -90,39 +123,48 @@ class HSDConfig(GRPOConfig):
     )
     divergence: str = field(
         default="kl_teacher_student",
-        metadata={"help": f"Per-token divergence: {', '.join(DIVERGENCE_KINDS)} (Eq. 13 is kl_teacher_student)."},
+        metadata={
+            "help": f"Per-token divergence: {', '.join(DIVERGENCE_KINDS)} (Eq. 13 is kl_teacher_student)."
+        },
     )
     divergence_alpha: float | None = field(
         default=None, metadata={"help": "Interpolation weight of the generalised JSD (kind jsd), in [0, 1]."}
     )
     divergence_topk: int | None = field(
-        default=None, metadata={"help": "Number of teacher top tokens kept for kind topk (plus one tail bucket)."}
+        default=None,
+        metadata={"help": "Number of teacher top tokens kept for kind topk (plus one tail bucket)."},
     )
     divergence_clip: float | None = field(
-        default=None, metadata={"help": "Clamp each per-token divergence to at most this value (None: no clip)."}
+        default=None,
+        metadata={"help": "Clamp each per-token divergence to at most this value (None: no clip)."},
     )
     distill_weight: float | None = field(
         default=None, metadata={"help": "Weight of the distillation loss (pure HSD 1.0). Preset if unset."}
     )
     pg_weight: float | None = field(
-        default=None, metadata={"help": "Weight of TRL's policy-gradient loss (pure HSD 0.0). Preset if unset."}
+        default=None,
+        metadata={"help": "Weight of TRL's policy-gradient loss (pure HSD 0.0). Preset if unset."},
     )
     teacher_weights: str = field(
         default="live",
-        metadata={"help": "Teacher weights: live (current, stop-gradient; the paper's), ema, or frozen (initial)."},
+        metadata={
+            "help": "Teacher weights: live (current, stop-gradient; the paper's), ema, or frozen (initial)."
+        },
     )
     teacher_ema_decay: float = field(
         default=0.99, metadata={"help": "EMA decay per optimizer step when teacher_weights=ema."}
     )
     rlsd: bool | None = field(
-        default=None, metadata={"help": "Reweight GRPO advantages per token by the teacher (RLSD). Preset if unset."}
+        default=None,
+        metadata={"help": "Reweight GRPO advantages per token by the teacher (RLSD). Preset if unset."},
     )
     rlsd_lambda: float = field(
         default=0.5, metadata={"help": "RLSD mixing: A_t = A * ((1 - lambda) + lambda * w_t)."}
     )
     rlsd_eps: float = field(default=0.2, metadata={"help": "RLSD weight clip: w_t in [1 - eps, 1 + eps]."})
     teacher_answer_template: str = field(
-        default=_DEFAULT_TEMPLATE.answer, metadata={"help": "Text added to the teacher prompt for the answer."}
+        default=_DEFAULT_TEMPLATE.answer,
+        metadata={"help": "Text added to the teacher prompt for the answer."},
     )
     teacher_peer_template: str = field(
         default=_DEFAULT_TEMPLATE.peer, metadata={"help": "Text added to the teacher prompt for the peer."}
@@ -135,10 +177,12 @@ class HSDConfig(GRPOConfig):
         default=_DEFAULT_TEMPLATE.suffix, metadata={"help": "Text that closes the privileged context."}
     )
     max_peer_tokens: int | None = field(
-        default=None, metadata={"help": "Truncate a peer's completion to this many tokens in the teacher prompt."}
+        default=None,
+        metadata={"help": "Truncate a peer's completion to this many tokens in the teacher prompt."},
     )
     divergence_chunk_size: int = field(
-        default=1024, metadata={"help": "Positions per chunk of the full-vocabulary divergence (memory bound)."}
+        default=1024,
+        metadata={"help": "Positions per chunk of the full-vocabulary divergence (memory bound)."},
     )
     skip_undistilled_teacher: bool = field(
         default=True, metadata={"help": "Run no teacher pass for rollouts that get no distillation."}
@@ -151,7 +195,9 @@ class HSDConfig(GRPOConfig):
     )
     max_uncomputed_reward_fraction: float = field(
         default=0.5,
-        metadata={"help": "Stop training when more than this share of a batch's rewards could not be computed."},
+        metadata={
+            "help": "Stop training when more than this share of a batch's rewards could not be computed."
+        },
     )
 
     def __post_init__(self):

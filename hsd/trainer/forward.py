@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from hsd.core.losses import token_divergence
@@ -21,7 +20,12 @@ def _distill_chunk(teacher_h, student_h, token_ids, lm_head, temperature, kind, 
     with torch.no_grad():
         teacher_logits = lm_head(teacher_h.detach()).float() / temperature
     div = token_divergence(
-        teacher_logits[None], student_logits[None], kind, alpha=alpha, topk=topk, clip=clip,
+        teacher_logits[None],
+        student_logits[None],
+        kind,
+        alpha=alpha,
+        topk=topk,
+        clip=clip,
         token_ids=token_ids[None],
     )[0]
     ids = token_ids[:, None]
@@ -56,8 +60,17 @@ def fused_distillation(
     divs, s_logps, t_logps = [], [], []
     for start in range(0, student_hidden_NH.size(0), chunk_size):
         sl = slice(start, start + chunk_size)
-        args = (teacher_hidden_NH[sl], student_hidden_NH[sl], token_ids_N[sl], lm_head, temperature, kind, alpha,
-                topk, clip)
+        args = (
+            teacher_hidden_NH[sl],
+            student_hidden_NH[sl],
+            token_ids_N[sl],
+            lm_head,
+            temperature,
+            kind,
+            alpha,
+            topk,
+            clip,
+        )
         if torch.is_grad_enabled() and student_hidden_NH.requires_grad:
             d, s, t = checkpoint(_distill_chunk, *args, use_reentrant=False)
         else:
@@ -77,8 +90,11 @@ def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chu
     for start in range(0, hidden_NH.size(0), chunk_size):
         sl = slice(start, start + chunk_size)
         if torch.is_grad_enabled() and hidden_NH.requires_grad:
-            out.append(checkpoint(_logp_chunk, hidden_NH[sl], token_ids_N[sl], lm_head, temperature,
-                                  use_reentrant=False))
+            out.append(
+                checkpoint(
+                    _logp_chunk, hidden_NH[sl], token_ids_N[sl], lm_head, temperature, use_reentrant=False
+                )
+            )
         else:
             out.append(_logp_chunk(hidden_NH[sl], token_ids_N[sl], lm_head, temperature))
     return torch.cat(out) if out else hidden_NH.new_zeros(0, dtype=torch.float32)
@@ -113,8 +129,15 @@ def install_hsd_forward(model) -> None:
         student_NH = student_BTH[positions].to(lm_head.weight.dtype)
         teacher_NH = spec["teacher_hidden"][positions].to(lm_head.weight.dtype)
         return fused_distillation(
-            teacher_NH, student_NH, token_ids, lm_head, kind=spec["kind"], temperature=spec["temperature"],
-            alpha=spec.get("alpha"), topk=spec.get("topk"), clip=spec.get("clip"),
+            teacher_NH,
+            student_NH,
+            token_ids,
+            lm_head,
+            kind=spec["kind"],
+            temperature=spec["temperature"],
+            alpha=spec.get("alpha"),
+            topk=spec.get("topk"),
+            clip=spec.get("clip"),
             chunk_size=spec.get("chunk_size", 1024),
         )
 

@@ -57,7 +57,11 @@ def tokenize_prompt(tokenizer, prompt: Any, **chat_template_kwargs) -> list[int]
     if isinstance(prompt, str):
         return list(tokenizer(text=[prompt])["input_ids"][0])
     out = tokenizer.apply_chat_template(
-        conversation=[prompt], add_generation_prompt=True, tokenize=True, return_dict=True, **chat_template_kwargs
+        conversation=[prompt],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        **chat_template_kwargs,
     )
     return list(out["input_ids"][0])
 
@@ -92,7 +96,9 @@ def teacher_input_ids(
         peer_text = None
         if context.peer is not None:
             if peer_ids is None:
-                raise ValueError("teacher_input_ids: a context names a peer but no peer completion ids were given")
+                raise ValueError(
+                    "teacher_input_ids: a context names a peer but no peer completion ids were given"
+                )
             kept = list(peer_ids)[:max_peer_tokens] if max_peer_tokens else list(peer_ids)
             peer_text = tokenizer.decode(kept, skip_special_tokens=True)
         teacher = render_context(prompt, context, template, peer_text=peer_text)

@@ -32,8 +32,13 @@ logger = logging.getLogger(__name__)
 
 # TRL loss type -> how the distillation term is normalised, so a mixed loss is consistent.
 AGGREGATION_FOR_LOSS_TYPE = {
-    "grpo": "sequence_mean", "sapo": "sequence_mean", "luspo": "sequence_mean",
-    "bnpo": "token_mean", "dapo": "token_mean", "cispo": "token_mean", "vespo": "token_mean",
+    "grpo": "sequence_mean",
+    "sapo": "sequence_mean",
+    "luspo": "sequence_mean",
+    "bnpo": "token_mean",
+    "dapo": "token_mean",
+    "cispo": "token_mean",
+    "vespo": "token_mean",
     "dr_grpo": "fixed_length",
 }
 
@@ -120,29 +125,45 @@ class HSDTrainer(GRPOTrainer):
                 f if isinstance(f, (str, torch.nn.Module)) or not callable(f) else _guard_reward_func(f)
                 for f in funcs
             ]
+        # TRL rebuilds the reference policy from the model's hub id / path; an in-memory model has none, so
+        # the reference is copied from it here instead (same weights: pi_0 is the policy at the start).
+        beta, copy_reference = args.beta, args.beta != 0.0 and not isinstance(model, str)
+        if copy_reference:
+            args.beta = 0.0
         super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        if copy_reference:
+            from trl.trainer.utils import add_fused_lm_head
+
+            args.beta = self.beta = beta
+            self.ref_model = self._copy_policy(
+                prepare=lambda m: add_fused_lm_head(m, temperature=self.temperature)
+            )
         install_hsd_forward(self.model)
         self._peer_draws = 0
         self._phase = defaultdict(float)
         self._hsd_batch: dict | None = None
+        self.last_peers: list[int | None] | None = None
+        self.last_contexts: list | None = None
         self.teacher_model = None  # None: the live policy under stop-gradient (the paper's choice)
         if args.needs_teacher and args.teacher_weights != "live":
             self.teacher_model = self._copy_policy()
             if args.teacher_weights == "ema":
                 if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                    raise ValueError("teacher_weights='ema' is not supported with DeepSpeed or FSDP; use live")
+                    raise ValueError(
+                        "teacher_weights='ema' is not supported with DeepSpeed or FSDP; use live"
+                    )
                 self.add_callback(_EMATeacherCallback(self))
 
     # ----------------------------------------------------------------------------------------------- teacher
-    def _copy_policy(self):
-        """A separate copy of the current policy (frozen or EMA teacher), prepared like TRL's reference."""
+    def _copy_policy(self, prepare=install_hsd_forward):
+        """A separate copy of the current policy (reference, frozen or EMA teacher), prepared like TRL's."""
         from trl.models import prepare_deepspeed, prepare_fsdp
 
         policy = self.accelerator.unwrap_model(self.model)
         teacher = type(policy)(policy.config)
         teacher.load_state_dict(policy.state_dict())
         teacher.to(dtype=next(policy.parameters()).dtype).eval().requires_grad_(False)
-        install_hsd_forward(teacher)
+        prepare(teacher)
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(teacher, self.accelerator)
         if self.is_fsdp_enabled:
@@ -174,7 +195,10 @@ class HSDTrainer(GRPOTrainer):
         with self._timed("scoring"):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._hsd_batch = dict(
-            inputs=inputs, prompts=prompts, completion_ids=completion_ids_list, rewards_per_func=rewards_per_func
+            inputs=inputs,
+            prompts=prompts,
+            completion_ids=completion_ids_list,
+            rewards_per_func=rewards_per_func,
         )
         return rewards_per_func
 
@@ -211,7 +235,9 @@ class HSDTrainer(GRPOTrainer):
         n_groups = max(outcomes["groups"], 1)
         self._metrics[mode]["hsd/groups_no_success_frac"].append(outcomes["groups_no_success"] / n_groups)
         self._metrics[mode]["hsd/groups_all_success_frac"].append(outcomes["groups_all_success"] / n_groups)
-        self._metrics[mode]["hsd/success_rate"].append((scored >= args.success_threshold).float().mean().item())
+        self._metrics[mode]["hsd/success_rate"].append(
+            (scored >= args.success_threshold).float().mean().item()
+        )
         if not args.needs_teacher:
             return output
 
@@ -226,14 +252,27 @@ class HSDTrainer(GRPOTrainer):
         if args.peer_rule in ("lowest_ppl", "highest_ppl"):
             logps = gather_object(self._mean_completion_logps(output))
         peers = select_peers(
-            scored, group_size, args.peer_rule, generator=self._peer_generator(),
-            lengths=[len(ids) for ids in all_ids], logps=logps, threshold=args.success_threshold,
+            scored,
+            group_size,
+            args.peer_rule,
+            generator=self._peer_generator(),
+            lengths=[len(ids) for ids in all_ids],
+            logps=logps,
+            threshold=args.success_threshold,
         )
         contexts = build_contexts(
-            scored, group_size, peers, args.context, answers=answers, references=references,
-            fallback=args.fallback, distill_successes=args.distill_successes, threshold=args.success_threshold,
+            scored,
+            group_size,
+            peers,
+            args.context,
+            answers=answers,
+            references=references,
+            fallback=args.fallback,
+            distill_successes=args.distill_successes,
+            threshold=args.success_threshold,
         )
         contexts = [None if uncomputed[i] else c for i, c in enumerate(contexts)]
+        self.last_peers, self.last_contexts = peers, contexts  # for inspection (tests, analysis)
 
         start = self.accelerator.process_index * len(local_ids)
         local = range(start, start + len(local_ids))
@@ -241,8 +280,13 @@ class HSDTrainer(GRPOTrainer):
         peer_ids = [all_ids[c.peer] if c is not None and c.peer is not None else None for c in local_contexts]
         with self._timed("teacher_prompts"):
             teacher = teacher_input_ids(
-                batch["prompts"], local_ids, local_contexts, peer_ids, self.processing_class,
-                args.teacher_template, max_peer_tokens=args.max_peer_tokens,
+                batch["prompts"],
+                local_ids,
+                local_contexts,
+                peer_ids,
+                self.processing_class,
+                args.teacher_template,
+                max_peer_tokens=args.max_peer_tokens,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
         pad_id = self._tokenizer.pad_token_id
@@ -257,7 +301,11 @@ class HSDTrainer(GRPOTrainer):
         taus = []
         for g, context in zip(local, local_contexts):
             failed = scored[g] < args.success_threshold
-            tau = first_divergence(all_ids[g], all_ids[context.peer]) if failed and context and context.peer is not None else None
+            tau = (
+                first_divergence(all_ids[g], all_ids[context.peer])
+                if failed and context and context.peer is not None
+                else None
+            )
             taus.append(-1 if tau is None else tau)
         output["hsd_tau"] = torch.tensor(taus, device=device)
 
@@ -283,23 +331,28 @@ class HSDTrainer(GRPOTrainer):
             hsd_hidden=ids.size(1),
         )
         lm_head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
-        logp = chunked_token_logps(hidden.reshape(-1, hidden.size(-1)), ids.reshape(-1), lm_head,
-                                   temperature=self.temperature).view_as(ids.float())
+        logp = chunked_token_logps(
+            hidden.reshape(-1, hidden.size(-1)), ids.reshape(-1), lm_head, temperature=self.temperature
+        ).view_as(ids.float())
         return ((logp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
 
     # ------------------------------------------------------------------------------------------------- loss
+    @staticmethod
+    def teacher_batch(inputs, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher sequences [teacher prompt (left-padded) ; the student's completion ids] for rows `index`."""
+        ids = torch.cat([inputs["teacher_prompt_ids"][index], inputs["completion_ids"][index]], dim=1)
+        mask = torch.cat([inputs["teacher_prompt_mask"][index], inputs["completion_mask"][index]], dim=1)
+        return ids, mask
+
     def _teacher_hidden(self, model, inputs, rows: torch.Tensor) -> torch.Tensor:
-        """Teacher pass (stop-gradient) over [teacher prompt ; completion] for the selected rows: [B, T, H]."""
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        """Teacher pass (stop-gradient) over the teacher sequences of the selected rows: [B, T, H]."""
+        completion_ids = inputs["completion_ids"]
         T = completion_ids.size(1)
         teacher = self.teacher_model if self.teacher_model is not None else model
         index = rows.nonzero(as_tuple=True)[0]
+        ids, mask = self.teacher_batch(inputs, index)
         with torch.no_grad(), self._timed("teacher"):
-            hidden = teacher(
-                input_ids=torch.cat([inputs["teacher_prompt_ids"][index], completion_ids[index]], dim=1),
-                attention_mask=torch.cat([inputs["teacher_prompt_mask"][index], completion_mask[index]], dim=1),
-                hsd_hidden=T,
-            )
+            hidden = teacher(input_ids=ids, attention_mask=mask, hsd_hidden=T)
         out = hidden.new_zeros(completion_ids.size(0), T, hidden.size(-1))
         out[index] = hidden
         return out
@@ -309,9 +362,15 @@ class HSDTrainer(GRPOTrainer):
         args = self.args
         completion_ids = inputs["completion_ids"]
         spec = dict(
-            completion_ids=completion_ids, positions=positions, teacher_hidden=teacher_hidden, kind=args.divergence,
-            temperature=self.temperature, alpha=args.divergence_alpha, topk=args.divergence_topk,
-            clip=args.divergence_clip, chunk_size=args.divergence_chunk_size,
+            completion_ids=completion_ids,
+            positions=positions,
+            teacher_hidden=teacher_hidden,
+            kind=args.divergence,
+            temperature=self.temperature,
+            alpha=args.divergence_alpha,
+            topk=args.divergence_topk,
+            clip=args.divergence_clip,
+            chunk_size=args.divergence_chunk_size,
         )
         with self._timed("student_forward"):
             div, s_logp, t_logp = model(

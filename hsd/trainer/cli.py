@@ -1,0 +1,141 @@
+"""`hsd train --config FILE.yaml [--field value ...]`: a TRL-style YAML recipe plus command-line overrides.
+
+The YAML holds the script fields below (model, dataset, reward) and any `HSDConfig` / `GRPOConfig` field.
+An unknown field is an error that names it (and the closest known field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+ACCEPTS_OVERRIDES = True  # hsd.cli passes unparsed --field value pairs as args.overrides
+
+
+@dataclass
+class TrainScript:
+    """What to train on: the fields of a recipe that are not trainer settings."""
+
+    model: str = field(metadata={"help": "Hub id, model directory, .gguf file, 'smollm2' or 'testbed'."})
+    dataset: str = field(
+        metadata={"help": "Dataset spec for hsd.tasks.datasets.load_problems (path, name, rg:, testbed:)."}
+    )
+    dataset_split: str | None = field(
+        default=None, metadata={"help": "Split of a hub / datasets-directory dataset."}
+    )
+    dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
+    instruction: str | None = field(default=None, metadata={"help": "Instruction appended to every prompt."})
+    reward_workers: int = field(default=2, metadata={"help": "Verifier worker processes."})
+    math_timeout: float = field(default=5.0, metadata={"help": "Seconds per math answer check."})
+    code_timeout: float = field(default=10.0, metadata={"help": "Seconds per code test run."})
+
+
+def _parse_overrides(tokens: list[str]) -> dict:
+    """`--key value`, `--key=value` and bare `--flag` (true) into a dict; values read as YAML scalars."""
+    out, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}: overrides are --field value")
+        key = token[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            value, i = tokens[i + 1], i + 2
+        else:
+            value, i = "true", i + 1
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = None):
+    """`(TrainScript, HSDConfig)` from a YAML file and overrides; unknown fields raise a ValueError."""
+    from transformers import HfArgumentParser
+
+    from hsd.trainer.config import HSDConfig
+
+    values: dict = {}
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a recipe is a YAML mapping of field: value")
+        values.update(loaded)
+    values.update(overrides if isinstance(overrides, dict) else _parse_overrides(list(overrides or [])))
+    known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        where = f" in {config}" if config else ""
+        raise ValueError(f"unknown config field(s){where}: {', '.join(hints)}")
+    for key in ("model", "dataset"):
+        if key not in values:
+            raise ValueError(f"the recipe needs the field {key!r}")
+    values.setdefault("output_dir", "runs/hsd")
+    parser = HfArgumentParser((TrainScript, HSDConfig))
+    script, args = parser.parse_dict(values, allow_extra_keys=False)
+    return script, args
+
+
+def build_trainer(script: TrainScript, args, *, callbacks=None):
+    """An `HSDTrainer` for a recipe: model, dataset and verifier reward wired as the recipe says."""
+    from hsd.models import load_model, load_tokenizer
+    from hsd.tasks.datasets import load_problems, to_hf_dataset
+    from hsd.tasks.rewards import make_reward_func
+    from hsd.trainer.callbacks import MetricsJsonlCallback
+    from hsd.trainer.trainer import HSDTrainer
+
+    problems = load_problems(
+        script.dataset,
+        split=script.dataset_split,
+        limit=script.dataset_limit,
+        instruction=script.instruction,
+        seed=args.seed,
+    )
+    dataset = to_hf_dataset(problems)
+    reward = make_reward_func(
+        num_workers=script.reward_workers, math_timeout=script.math_timeout, code_timeout=script.code_timeout
+    )
+    tokenizer = load_tokenizer(script.model)
+    model = load_model(script.model)
+    return HSDTrainer(
+        model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl"), *(callbacks or [])],
+    )
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
+    parser.epilog = "Any other --field value pair overrides that field of the recipe."
+
+
+def main(args: argparse.Namespace) -> int:
+    script, config = load_recipe(args.config, args.overrides)
+    trainer = build_trainer(script, config)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(
+        json.dumps({"script": vars(script), "config": config.to_dict()}, indent=2, default=str)
+    )
+    resume = config.resume_from_checkpoint
+    if resume is None and any(out.glob("checkpoint-*")):
+        resume = True  # resume from the last checkpoint automatically
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out / "final"))
+    print(f"hsd train: done; metrics in {out / 'metrics.jsonl'}, model in {out / 'final'}")
+    return 0
