@@ -76,9 +76,11 @@ def _row_divergence(
     topk: int | None,
     token_ids_N: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The divergence of each row, in float32; the teacher side is detached."""
-    teacher_NV = teacher_logits_NV.detach().float()
-    student_NV = student_logits_NV.float()
+    """The divergence of each row, in float32 (or float64 for float64 logits); the teacher is detached."""
+    # float32 math at least (float64 stays float64)
+    dtype = torch.promote_types(student_logits_NV.dtype, torch.float32)
+    teacher_NV = teacher_logits_NV.detach().to(dtype)
+    student_NV = student_logits_NV.to(dtype)
     vocab_size = teacher_NV.shape[-1]
     if kind == "sampled_token":
         if token_ids_N.numel() and (int(token_ids_N.min()) < 0 or int(token_ids_N.max()) >= vocab_size):
@@ -115,7 +117,7 @@ def token_divergence(
     token_ids: torch.Tensor | None = None,
     clip: float | None = None,
 ) -> torch.Tensor:
-    """Per-position divergence [B, T] between teacher and student logits [B, T, V] (float32 math).
+    """Per-position divergence [B, T] between teacher and student logits [B, T, V] (float32 math or wider).
 
     Kinds: `kl_teacher_student` = KL(pT || pS), Eq. 13, the default; `kl_student_teacher` = KL(pS || pT);
     `jsd` = alpha KL(pT || M) + (1 - alpha) KL(pS || M) with M = alpha pT + (1 - alpha) pS, alpha in
@@ -369,4 +371,5 @@ def reference_kl(logps_BT: torch.Tensor, ref_logps_BT: torch.Tensor) -> torch.Te
     if not isinstance(ref_logps_BT, torch.Tensor) or ref_logps_BT.shape != logps_BT.shape:
         raise ValueError(f"ref_logps_BT must have the shape of logps_BT {tuple(logps_BT.shape)}")
     delta_BT = ref_logps_BT.detach() - logps_BT
-    return torch.exp(delta_BT) - delta_BT - 1.0
+    # exp(d) - d - 1 written as expm1(d) - d: the same value without cancellation for small d
+    return torch.expm1(delta_BT) - delta_BT
