@@ -127,5 +127,6 @@ def main(args: argparse.Namespace) -> int:
     _show_contexts(rewards, args.group_size, peers)
     _show_divergence_point(generator)
     _show_coverage()
-    _show_losses(generator)
+    with torch.no_grad():  # values only: no gradients needed
+        _show_losses(generator)
     return 0

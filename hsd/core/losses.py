@@ -187,6 +187,7 @@ def chunked_token_divergence_fn(
     mask: torch.Tensor | None = None,
     token_ids: torch.Tensor | None = None,
     clip: float | None = None,
+    checkpoint_chunks: bool | None = None,
 ) -> torch.Tensor:
     """`token_divergence(logits_fn(teacher_hidden), logits_fn(student_hidden), ...)` from hidden states
     [B, T, H], computed `chunk_size` positions at a time; `logits_fn` maps [N, H] to [N, V] (e.g. a
@@ -195,7 +196,8 @@ def chunked_token_divergence_fn(
     Each chunk runs under activation checkpointing: its [chunk, V] logits exist only while that chunk is
     computed, in the forward and again in the backward, which recomputes them. Masked positions are
     skipped (value 0, no gradient). Gradients reach `student_hidden` and the parameters of `logits_fn`
-    through the student side only.
+    through the student side only. `checkpoint_chunks` (default: whether autograd is enabled) can turn
+    checkpointing off when nothing needs a gradient.
     """
     if not isinstance(student_hidden, torch.Tensor) or student_hidden.dim() < 2:
         raise ValueError("student_hidden must be a tensor [B, T, H]")
@@ -216,6 +218,8 @@ def chunked_token_divergence_fn(
     teacher_NH = teacher_hidden.detach().reshape(-1, hidden_size)
     student_NH = student_hidden.reshape(-1, hidden_size)
     token_ids_N = None if token_ids is None else token_ids.reshape(-1)
+    if checkpoint_chunks is None:
+        checkpoint_chunks = torch.is_grad_enabled()
     kept_rows = None
     if mask is not None:
         kept_rows = (mask.reshape(-1) != 0).nonzero().squeeze(-1)
@@ -227,7 +231,7 @@ def chunked_token_divergence_fn(
     for start in range(0, student_NH.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         args = (teacher_NH[rows], student_NH[rows], None if token_ids_N is None else token_ids_N[rows])
-        if torch.is_grad_enabled():
+        if checkpoint_chunks:
             values_chunks.append(
                 checkpoint(_chunk_divergence, *args, logits_fn, kind, alpha, topk, use_reentrant=False)
             )
@@ -286,6 +290,8 @@ def chunked_token_divergence(
         mask=mask,
         token_ids=token_ids,
         clip=clip,
+        checkpoint_chunks=torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (student_hidden, lm_head_weight, lm_head_bias)),
     )
 
 
