@@ -97,6 +97,7 @@ def main() -> int:
         print(json.dumps(run_variant(args)))
         return 0
 
+    load_before = os.getloadavg()[0]  # other work on the machine skews the times, not the memory
     results = {}
     for variant in ("naive", "chunked"):
         child = subprocess.run(
@@ -116,6 +117,7 @@ def main() -> int:
                 "hidden": args.hidden,
                 "chunk_size": args.chunk_size,
                 "torch_threads": naive["threads"],
+                "load_average_before": round(load_before, 2),
                 "naive_peak_gib": round(naive["peak_bytes"] / gib, 3),
                 "chunked_peak_gib": round(chunked["peak_bytes"] / gib, 3),
                 "naive_seconds": round(naive["seconds"], 2),
