@@ -41,8 +41,22 @@ class ModelSource:
 
 
 def resolve_model(name_or_path: str) -> ModelSource:
-    """Turn a user's model argument into a `ModelSource` (alias, GGUF file, directory or hub id)."""
+    """Turn a user's model argument into a `ModelSource` (alias, GGUF file, directory or hub id).
+
+    `testbed` (or `testbed:seed=1`) builds the small pretrained testbed model, or reuses its cached build.
+    """
     name = str(name_or_path)
+    if name == "testbed" or name.startswith("testbed:"):
+        from hsd.testbed.model import build_testbed_model
+
+        seed = 0
+        for item in name.partition(":")[2].split(","):
+            key, _, value = item.partition("=")
+            if key == "seed":
+                seed = int(value)
+            elif key:
+                raise ValueError(f"model {name!r}: unknown testbed option {key!r} (known: seed)")
+        return ModelSource(str(build_testbed_model(seed=seed)))
     if name.lower() in SMOLLM2_ALIASES or name.lower().split("/")[-1] in SMOLLM2_ALIASES:
         gguf = smollm2_gguf_path()
         return ModelSource(str(gguf.parent), gguf.name)

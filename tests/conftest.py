@@ -5,7 +5,12 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import os
+
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of waiting on the network
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
