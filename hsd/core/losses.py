@@ -45,6 +45,14 @@ def _check_per_position(tensor: torch.Tensor | None, shape: torch.Size, name: st
         )
 
 
+def _check_token_ids(token_ids: torch.Tensor | None, shape: torch.Size) -> None:
+    _check_per_position(token_ids, shape, "token_ids")
+    if token_ids is not None and (
+        token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool
+    ):
+        raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
+
+
 def _kl(logp_NV: torch.Tensor, logq_NV: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) per row; a term with p(v) = 0 counts 0."""
     p_NV = logp_NV.exp()
@@ -140,7 +148,7 @@ def token_divergence(
     alpha = _check_options(kind, alpha, topk, clip)
     positions = teacher_logits.shape[:-1]
     _check_per_position(mask, positions, "mask")
-    _check_per_position(token_ids, positions, "token_ids")
+    _check_token_ids(token_ids, positions)
     if kind == "sampled_token" and token_ids is None:
         raise ValueError("kind 'sampled_token' needs token_ids (the sampled tokens, [B, T])")
     vocab_size = teacher_logits.shape[-1]
@@ -198,6 +206,10 @@ def chunked_token_divergence_fn(
     skipped (value 0, no gradient). Gradients reach `student_hidden` and the parameters of `logits_fn`
     through the student side only. `checkpoint_chunks` (default: whether autograd is enabled) can turn
     checkpointing off when nothing needs a gradient.
+
+    Under ZeRO-3 / FSDP each call of a sharded module gathers its weight collectively, and the number of
+    calls here (2 per chunk, plus recomputation) follows this process's number of kept positions: keep
+    it equal across processes, or gather the weight once and call `chunked_token_divergence`.
     """
     if not isinstance(student_hidden, torch.Tensor) or student_hidden.dim() < 2:
         raise ValueError("student_hidden must be a tensor [B, T, H]")
@@ -211,7 +223,7 @@ def chunked_token_divergence_fn(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     positions, hidden_size = student_hidden.shape[:-1], student_hidden.shape[-1]
     _check_per_position(mask, positions, "mask")
-    _check_per_position(token_ids, positions, "token_ids")
+    _check_token_ids(token_ids, positions)
     if kind == "sampled_token" and token_ids is None:
         raise ValueError("kind 'sampled_token' needs token_ids (the sampled tokens, [B, T])")
 

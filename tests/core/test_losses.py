@@ -469,6 +469,7 @@ W = torch.zeros(5, 4)
             "token_ids",
         ),
         (lambda: token_divergence(T3, T3, "sampled_token", token_ids=torch.full((1, 2), 5)), "token_ids"),
+        (lambda: token_divergence(T3, T3, "sampled_token", token_ids=torch.zeros(1, 2)), "token_ids"),
         (lambda: token_divergence(T3, T3, mask=torch.ones(2, 2)), "mask"),
         (lambda: token_divergence(T3, T3, clip=0), "clip"),
         (lambda: chunked_token_divergence(H3, torch.zeros(1, 3, 4), W), "teacher_hidden"),
