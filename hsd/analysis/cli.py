@@ -1,0 +1,205 @@
+"""`hsd analyze` and `analyze()`: sample groups, score failed rollouts under each teacher context, and write
+credit.json, rollouts.jsonl, the plots and report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hsd.analysis.credit import CONTEXTS, PEER_RULES, WIDTHS, collect, credit_tables
+from hsd.analysis.report import write_report
+from hsd.eval import Verifier, verify_problem
+from hsd.sampling import SamplingSettings
+from hsd.tasks.problem import Problem
+from hsd.templates import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
+
+CREDIT_FILE = "credit.json"
+ROLLOUTS_FILE = "rollouts.jsonl"
+
+
+def analyze(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    *,
+    out_dir: str | Path | None = None,
+    group_size: int = 8,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    min_failures: int = 64,
+    seed: int = 0,
+    peer_rule: str = "uniform",
+    contexts: Sequence[str] = CONTEXTS,
+    problems_per_batch: int = 8,
+    batch_size: int = 64,
+    batch_tokens: int = 8192,
+    template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
+    max_peer_tokens: int | None = None,
+    verifier: Verifier = verify_problem,
+    verify_workers: int = 2,
+    max_report_rollouts: int = 60,
+    progress: bool = True,
+    info: dict | None = None,
+) -> dict:
+    """Run the credit analysis in-process on a loaded model; returns the credit.json dict.
+
+    With `out_dir`, also writes credit.json, rollouts.jsonl (every analysed rollout with its per-token
+    log-probs and A_t), credit_profile.png, silence_curve.png, coverage.png and report.html there.
+    """
+    start = time.perf_counter()
+    analysis = collect(
+        model,
+        tokenizer,
+        problems,
+        verifier,
+        group_size=group_size,
+        sampling=SamplingSettings(temperature, top_p, max_new_tokens),
+        min_failures=min_failures,
+        problems_per_batch=problems_per_batch,
+        batch_size=batch_size,
+        seed=seed,
+        peer_rule=peer_rule,
+        contexts=contexts,
+        template=template,
+        max_peer_tokens=max_peer_tokens,
+        batch_tokens=batch_tokens,
+        verify_workers=verify_workers,
+        progress=progress,
+    )
+    tables = credit_tables(analysis.rollouts, analysis.groups, seed=seed, widths=WIDTHS)
+    settings = {**(info or {}), **analysis.settings, "problems_available": len(problems)}
+    credit = {
+        "settings": settings,
+        **tables,
+        "reached_min_failures": len(analysis.rollouts) >= min_failures,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ROLLOUTS_FILE, "w") as handle:
+            for rollout in analysis.rollouts:
+                handle.write(json.dumps(rollout.to_json()) + "\n")
+        write_report(
+            tables,
+            analysis.rollouts,
+            out,
+            title=f"Where the credit lands: {info.get('model', 'model')} on {info.get('dataset', 'data')}"
+            if info
+            else "Where the credit lands",
+            settings=settings,
+            max_rollouts=max_report_rollouts,
+        )
+        credit["wall_s"] = round(time.perf_counter() - start, 1)
+        (out / CREDIT_FILE).write_text(json.dumps(credit, indent=1) + "\n")
+    return credit
+
+
+def _contexts(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONTEXTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--contexts takes a comma-separated subset of {CONTEXTS}, got {text!r}"
+        )
+    return names
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id, model directory, .gguf file, or 'smollm2'")
+    parser.add_argument(
+        "--dataset", required=True, help="path, short name, rg:NAME, testbed:chain?variant=..."
+    )
+    parser.add_argument("--out", required=True, help="output directory (credit.json, plots, report.html)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0: off)")
+    parser.add_argument("--group-size", type=int, default=8, help="rollouts per problem, G (default 8)")
+    parser.add_argument("--problems", type=int, default=512,
+                        help="at most this many problems are sampled (default 512)")  # fmt: skip
+    parser.add_argument("--min-failures", type=int, default=64,
+                        help="sample batches of problems until this many failed rollouts with a peer (default 64)")  # fmt: skip
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, peer draws and the control")
+    parser.add_argument("--peer-rule", choices=PEER_RULES, default="uniform",
+                        help="the failed rollout's peer: uniform over its group's successes (seeded), or the first")  # fmt: skip
+    parser.add_argument("--contexts", type=_contexts, default=list(CONTEXTS),
+                        help="comma-separated teacher contexts among opsd,hsd,sdft (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--problems-per-batch", type=int, default=8, help="problems sampled per round (default 8)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences generated at once (default 64)")
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per scoring batch")
+    parser.add_argument(
+        "--max-peer-tokens", type=int, default=None, help="truncate the peer shown to the teacher"
+    )
+    parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
+    parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
+    parser.add_argument("--report-rollouts", type=int, default=60, help="rollouts shown in report.html")
+    parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from hsd.models import load_model, load_tokenizer
+    from hsd.tasks.datasets import load_problems
+
+    start = time.perf_counter()
+    if args.problems < 1:
+        raise ValueError(f"--problems must be >= 1, got {args.problems}")
+    problems = load_problems(
+        args.dataset, split=args.split, limit=args.problems, instruction=args.instruction, seed=args.seed
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=device)
+    credit = analyze(
+        model,
+        tokenizer,
+        problems,
+        out_dir=args.out,
+        group_size=args.group_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        min_failures=args.min_failures,
+        seed=args.seed,
+        peer_rule=args.peer_rule,
+        contexts=args.contexts,
+        problems_per_batch=args.problems_per_batch,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+        max_peer_tokens=args.max_peer_tokens,
+        verify_workers=args.verify_workers,
+        max_report_rollouts=args.report_rollouts,
+        progress=not args.quiet,
+        info={"model": args.model, "dataset": args.dataset},
+    )
+    total = time.perf_counter() - start
+    counts = credit["counts"]
+    if not credit["reached_min_failures"]:
+        print(
+            f"hsd analyze: only {counts['analysed']} failed rollouts with a peer in {counts['problems']} problems "
+            f"(wanted {args.min_failures}); raise --problems or change the temperature",
+            file=sys.stderr,
+        )
+    print(
+        f"hsd analyze: {counts['analysed']} failed rollouts with a peer from {counts['problems']} problems, "
+        f"tau = 0 for {_share(credit['tau_zero_share'])}, {total:.0f} s in all; wrote {Path(args.out) / 'report.html'}",
+        file=sys.stderr,
+    )
+    summary = {"wall_s_total": round(total, 1), "counts": counts, "mass_within": credit["mass_within"]}
+    print(json.dumps(summary))
+    return 0
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"

@@ -1,0 +1,549 @@
+"""Where the teacher's credit lands: A_t = log pT(o_t) - log pS(o_t) (Eq. 2) on failed rollouts, under each
+context (answer only, peer + answer, reference), aligned at the first divergence from the peer (Eq. 11).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from hsd.core.contexts import TeacherContext
+from hsd.core.divergence import (
+    abs_credit_at,
+    coverage,
+    credit_profile,
+    first_divergence,
+    mass_within,
+    optimal_coverage,
+    optimal_success_rate,
+    silence_curve,
+)
+from hsd.core.peers import select_peers
+from hsd.eval import Verifier, verify_all
+from hsd.sampling import SamplingSettings, chat_prompt, decode, generate, progress_bar, prompt_ids
+from hsd.tasks.problem import Problem
+from hsd.templates import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
+from hsd.trainer.teacher import teacher_input_ids, tokenize_prompt
+
+# opsd: the gold answer only; hsd: a successful peer + the answer (Eq. 9); sdft: the reference solution
+CONTEXTS = ("opsd", "hsd", "sdft")
+WIDTHS = (2, 4, 8, 16, 32)
+# difficulty by the group's pass rate p: > .5 easy, .2 to .5 medium, < .2 hard (the paper's buckets)
+DIFFICULTIES = ("easy", "medium", "hard")
+PEER_RULES = ("uniform", "first")
+
+
+def difficulty(pass_rate: float) -> str:
+    """The difficulty bucket of a pass rate: easy (> .5), medium (.2 to .5), hard (< .2)."""
+    if pass_rate > 0.5:
+        return "easy"
+    return "medium" if pass_rate >= 0.2 else "hard"
+
+
+@dataclass
+class FailedRollout:
+    """A failed rollout with a successful peer, and its tokens' log-probs under the student and each teacher."""
+
+    problem_id: str
+    rollout: int  # index in its group
+    peer: int  # index in its group of the successful peer the teacher sees
+    pass_rate: float  # the group's success rate
+    completion_ids: list[int]
+    peer_ids: list[int]
+    student_logps: list[float] = field(default_factory=list)
+    teacher_logps: dict[str, list[float]] = field(default_factory=dict)  # context -> log pT per token
+    reason: str = ""  # the verifier's reason for the failure
+    reference_ids: list[int] | None = None  # the tokenized reference solution, when the problem has one
+    completion_tokens: list[str] = field(default_factory=list)  # per-token text, for the report
+    peer_tokens: list[str] = field(default_factory=list)
+    prompt: str = ""
+    answer: str = ""
+
+    @property
+    def tau(self) -> int | None:
+        """First divergence from the peer (Eq. 11), 0-indexed; None when the two are identical."""
+        return first_divergence(self.completion_ids, self.peer_ids)
+
+    def credit(self, context: str) -> list[float]:
+        """A_t = log pT(o_t) - log pS(o_t) (Eq. 2) under `context`."""
+        teacher = self.teacher_logps[context]
+        if len(teacher) != len(self.student_logps) or len(teacher) != len(self.completion_ids):
+            raise ValueError(
+                f"rollout {self.problem_id}/{self.rollout}: {len(teacher)} teacher and {len(self.student_logps)} "
+                f"student log-probs for {len(self.completion_ids)} tokens ({context})"
+            )
+        return [t - s for t, s in zip(teacher, self.student_logps)]
+
+    def to_json(self) -> dict:
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        record["tau"] = self.tau
+        record["credit"] = {c: self.credit(c) for c in self.teacher_logps}
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict) -> FailedRollout:
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
+
+
+@dataclass
+class GroupOutcome:
+    """How one problem's group turned out: its size and how many rollouts succeeded."""
+
+    problem_id: str
+    group_size: int
+    successes: int
+    uncomputed: int = 0  # rollouts the verifier could not score: neither a failure nor a peer
+
+    @property
+    def pass_rate(self) -> float:
+        return self.successes / self.group_size
+
+    @property
+    def failures_with_peer(self) -> int:
+        return self.group_size - self.successes - self.uncomputed if self.successes else 0
+
+
+# ------------------------------------------------------------------------------------------- the tables
+def _clean(value):
+    """NaN -> None, recursively, so credit.json is valid JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def _prefix_stats(lengths: Sequence[int]) -> dict:
+    """Shared-prefix lengths (tokens): n, median, mean, share with none shared."""
+    if not lengths:
+        return {"n": 0, "median": None, "mean": None, "zero_share": None}
+    return {
+        "n": len(lengths),
+        "median": _median(lengths),
+        "mean": sum(lengths) / len(lengths),
+        "zero_share": sum(n == 0 for n in lengths) / len(lengths),
+    }
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Tokens two sequences share from the start (the whole length when they are identical)."""
+    tau = first_divergence(a, b)
+    return len(a) if tau is None else tau
+
+
+def _mass_table(credits, taus, widths) -> dict[str, float]:
+    return {str(w): share for w, share in mass_within(credits, taus, widths).items()}
+
+
+def random_positions(rollouts: Sequence[FailedRollout], seed: int) -> list[int | None]:
+    """For the control: one uniformly random position of each rollout (None for an empty one), seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    positions = []
+    for r in rollouts:
+        n = len(r.completion_ids)
+        positions.append(int(torch.randint(n, (1,), generator=generator)) if n else None)
+    return positions
+
+
+def credit_tables(
+    rollouts: Sequence[FailedRollout],
+    groups: Sequence[GroupOutcome],
+    *,
+    seed: int = 0,
+    widths: Sequence[int] = WIDTHS,
+    window: int = 32,
+    bins: int = 20,
+) -> dict:
+    """Every measurement of credit.json from the analysed rollouts and the groups they came from."""
+    contexts = [c for c in CONTEXTS if any(c in r.teacher_logps for r in rollouts)]
+    taus = [r.tau for r in rollouts]
+    control = random_positions(rollouts, seed)
+    positive = {i for i, tau in enumerate(taus) if tau is not None and tau > 0}
+    with_tau = [tau for tau in taus if tau is not None]
+
+    tables: dict = {"contexts": contexts}
+    keys = (
+        "mass_within",
+        "mass_within_random",
+        "mass_within_tau_pos",
+        "mass_within_random_tau_pos",
+        "abs_credit_at_tau",
+        "abs_credit_elsewhere",
+        "peak_credit_at_tau",
+    )
+    for key in keys:
+        tables[key] = {}
+    profile: dict = {}
+    for context in contexts:
+        members = [i for i, r in enumerate(rollouts) if context in r.teacher_logps]
+        credits = {i: rollouts[i].credit(context) for i in members}
+        c_all = [credits[i] for i in members]
+        t_all = [taus[i] for i in members]
+        r_all = [control[i] for i in members]
+        tables["mass_within"][context] = _mass_table(c_all, t_all, widths)
+        tables["mass_within_random"][context] = _mass_table(c_all, r_all, widths)
+        pos = [i for i in members if i in positive]
+        tables["mass_within_tau_pos"][context] = _mass_table(
+            [credits[i] for i in pos], [taus[i] for i in pos], widths
+        )
+        tables["mass_within_random_tau_pos"][context] = _mass_table(
+            [credits[i] for i in pos], [control[i] for i in pos], widths
+        )
+        at_tau, elsewhere = abs_credit_at(c_all, t_all)
+        tables["abs_credit_at_tau"][context] = at_tau
+        tables["abs_credit_elsewhere"][context] = elsewhere
+        offsets, means, counts = credit_profile(c_all, t_all, window)
+        _, random_means, _ = credit_profile(c_all, r_all, window)
+        profile[context] = {"mean_abs": means, "counts": counts, "mean_abs_random": random_means}
+        finite = [(m, d) for m, d in zip(means, offsets) if not math.isnan(m)]
+        peak, peak_offset = max(finite) if finite else (math.nan, None)
+        tables["peak_credit_at_tau"][context] = {
+            "at_tau": means[window],  # mean |A_tau|: the profile at offset 0
+            "peak": peak,  # the profile's maximum within +/- window, and where it is
+            "peak_offset": peak_offset,
+        }
+    tables["credit_profile"] = {"offsets": list(range(-window, window + 1)), **profile}
+    centers = silence_curve([], bins)[0]
+    tables["silence_curve"] = {"bins": centers}
+    for context in contexts:
+        credits = [r.credit(context) for r in rollouts if context in r.teacher_logps]
+        tables["silence_curve"][context] = silence_curve(credits, bins)[1]
+    tables["median_tau"] = _median(with_tau)
+    tables["tau_zero_share"] = sum(t == 0 for t in with_tau) / len(with_tau) if with_tau else None
+    tables["n_tau_pos"] = len(positive)
+    tables["shared_prefix"] = {
+        "peer": _prefix_stats(with_tau),
+        "reference": _prefix_stats(
+            [
+                _shared_prefix(r.completion_ids, r.reference_ids)
+                for r in rollouts
+                if r.reference_ids is not None
+            ]
+        ),
+    }
+    tables["by_difficulty"] = _by_difficulty(rollouts, contexts, window)
+    tables["coverage"] = coverage_table(groups)
+    tables["counts"] = _counts(rollouts, groups)
+    return _clean(tables)
+
+
+def _by_difficulty(rollouts: Sequence[FailedRollout], contexts: Sequence[str], window: int) -> dict:
+    """Per difficulty bucket: rollouts, median tau, mean |A| at tau per context (the paper's peak credit)."""
+    out = {}
+    for bucket in DIFFICULTIES:
+        members = [r for r in rollouts if difficulty(r.pass_rate) == bucket]
+        taus = [r.tau for r in members if r.tau is not None]
+        at_tau = {}
+        for context in contexts:
+            having = [r for r in members if context in r.teacher_logps]
+            at_tau[context] = abs_credit_at([r.credit(context) for r in having], [r.tau for r in having])[0]
+        out[bucket] = {"n_rollouts": len(members), "median_tau": _median(taus), "abs_credit_at_tau": at_tau}
+    return out
+
+
+def coverage_table(groups: Sequence[GroupOutcome]) -> dict:
+    """Empirical coverage (share of rollouts that fail yet have a successful peer) by difficulty, against
+    f(p, G) (Eq. 12) at each group's pass rate."""
+    sizes = {g.group_size for g in groups}
+    if len(sizes) > 1:
+        raise ValueError(f"groups must all have one size for the coverage table, got sizes {sorted(sizes)}")
+    G = sizes.pop() if sizes else None
+    table: dict = {"group_size": G, "buckets": {}}
+    if G is None:
+        return table
+    table["p_star"] = optimal_success_rate(G) if G >= 2 else None
+    table["f_star"] = optimal_coverage(G) if G >= 2 else None
+    for bucket in (*DIFFICULTIES, "all"):
+        members = [g for g in groups if bucket == "all" or difficulty(g.pass_rate) == bucket]
+        if not members:
+            table["buckets"][bucket] = {
+                "n_problems": 0,
+                "mean_pass_rate": None,
+                "empirical": None,
+                "formula": None,
+            }
+            continue
+        rollouts = sum(g.group_size for g in members)
+        table["buckets"][bucket] = {
+            "n_problems": len(members),
+            "mean_pass_rate": sum(g.pass_rate for g in members) / len(members),
+            "empirical": sum(g.failures_with_peer for g in members) / rollouts,
+            "formula": sum(coverage(g.pass_rate, G) for g in members) / len(members) if G >= 2 else None,
+        }
+    table["problems"] = [[g.pass_rate, g.failures_with_peer / g.group_size] for g in groups]
+    return table
+
+
+def _counts(rollouts: Sequence[FailedRollout], groups: Sequence[GroupOutcome]) -> dict:
+    n_rollouts = sum(g.group_size for g in groups)
+    successes = sum(g.successes for g in groups)
+    return {
+        "problems": len(groups),
+        "rollouts": n_rollouts,
+        "successes": successes,
+        "failures": n_rollouts - successes - sum(g.uncomputed for g in groups),
+        "uncomputed": sum(g.uncomputed for g in groups),
+        "failed_with_peer": sum(g.failures_with_peer for g in groups),
+        "analysed": len(rollouts),
+        "tau_none": sum(r.tau is None for r in rollouts),
+        "groups_no_success": sum(g.successes == 0 for g in groups),
+        "groups_all_success": sum(g.successes == g.group_size for g in groups),
+        "tokens": sum(len(r.completion_ids) for r in rollouts),
+    }
+
+
+# ------------------------------------------------------------------------------------- the model side
+@torch.no_grad()
+def completion_logprobs(
+    model,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    temperature: float = 1.0,
+    batch_tokens: int = 8192,
+) -> list[list[float]]:
+    """log p(o_t | prompt, o_<t) for every completion token of each (prompt ids, completion ids) pair.
+
+    Batches of similar length, right-padded (positions unchanged), at most `batch_tokens` padded tokens
+    each; logits divided by `temperature` as in the trainer's log-probs. Only the completion positions go
+    through the LM head.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    device = next(model.parameters()).device
+    lm_head = model.get_output_embeddings()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    out: list[list[float]] = [[] for _ in sequences]
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order):
+            width = max(len(sequences[i][0]) + len(sequences[i][1]) for i in order[start : end + 1])
+            if width * (end + 1 - start) > batch_tokens:
+                break
+            end += 1
+        batch = order[start:end]
+        start = end
+        rows = [list(sequences[i][0]) + list(sequences[i][1]) for i in batch]
+        width = max(len(r) for r in rows)
+        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = torch.tensor(row)
+            attention[b, : len(row)] = 1
+        hidden_BLH = model.base_model(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
+        ).last_hidden_state
+        for b, i in enumerate(batch):
+            prompt_len, completion = len(sequences[i][0]), list(sequences[i][1])
+            if not completion:
+                continue
+            if prompt_len == 0:
+                raise ValueError(f"sequences[{i}] has an empty prompt: the first token has no prediction")
+            # the hidden state at position j predicts token j + 1
+            hidden_TH = hidden_BLH[b, prompt_len - 1 : prompt_len - 1 + len(completion)]
+            logits_TV = lm_head(hidden_TH).float() / temperature
+            targets = torch.tensor(completion, device=logits_TV.device)
+            logps = torch.log_softmax(logits_TV, dim=-1).gather(-1, targets[:, None])[:, 0]
+            out[i] = logps.cpu().tolist()
+    return out
+
+
+def teacher_context(
+    context: str, answer: str, peer: int | None, reference: str | None
+) -> TeacherContext | None:
+    """The teacher context of each analysed context; None for sdft when the problem has no reference."""
+    if context == "opsd":
+        return TeacherContext(answer=answer)
+    if context == "hsd":  # Eq. 9: answer and peer
+        return TeacherContext(answer=answer, peer=peer)
+    if context == "sdft":
+        return TeacherContext(reference=reference) if reference is not None else None
+    raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+
+
+def score_rollouts(
+    model,
+    tokenizer,
+    rollouts: Sequence[FailedRollout],
+    problems: dict[str, Problem],
+    contexts: Sequence[str] = CONTEXTS,
+    *,
+    template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
+    temperature: float = 1.0,
+    max_peer_tokens: int | None = None,
+    batch_tokens: int = 8192,
+) -> None:
+    """Fill each rollout's student log-probs and its teacher log-probs under each context, in place.
+
+    Student: [chat-templated question ; o]. Teacher: [chat-templated question carrying the context ; o],
+    built by the trainer's own `teacher_input_ids`, so the analysed teacher is the trained teacher.
+    """
+    unknown = [c for c in contexts if c not in CONTEXTS]
+    if unknown:
+        raise ValueError(f"contexts must be among {CONTEXTS}, got {unknown}")
+    sequences, targets = [], []
+    for r in rollouts:
+        problem = problems[r.problem_id]
+        prompt = chat_prompt(problem)
+        sequences.append((tokenize_prompt(tokenizer, prompt), r.completion_ids))
+        targets.append((r, None))
+        for context in contexts:
+            ctx = teacher_context(context, problem.answer, r.peer, problem.reference)
+            if ctx is None:
+                continue
+            peer_ids = r.peer_ids if ctx.peer is not None else None
+            (teacher,) = teacher_input_ids(
+                [prompt],
+                [r.completion_ids],
+                [ctx],
+                [peer_ids],
+                tokenizer,
+                template,
+                max_peer_tokens=max_peer_tokens,
+            )
+            sequences.append(teacher)
+            targets.append((r, context))
+    logps = completion_logprobs(model, sequences, temperature=temperature, batch_tokens=batch_tokens)
+    for (r, context), values in zip(targets, logps):
+        if context is None:
+            r.student_logps = values
+        else:
+            r.teacher_logps[context] = values
+
+
+@dataclass
+class Analysis:
+    """What a run of the analysis collected: the analysed rollouts, every group, and the settings."""
+
+    rollouts: list[FailedRollout]
+    groups: list[GroupOutcome]
+    settings: dict
+
+
+def _token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([int(t)]) for t in ids]
+
+
+def collect(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    verifier: Verifier,
+    *,
+    group_size: int = 8,
+    sampling: SamplingSettings | None = None,
+    min_failures: int = 64,
+    problems_per_batch: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+    peer_rule: str = "uniform",
+    contexts: Sequence[str] = CONTEXTS,
+    template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
+    max_peer_tokens: int | None = None,
+    batch_tokens: int = 8192,
+    verify_workers: int = 2,
+    progress: bool = True,
+) -> Analysis:
+    """Sample `group_size` rollouts per problem, a batch of problems at a time, verify them, pick each failed
+    rollout's peer (as in training) and score it under each context, until `min_failures` failed rollouts
+    with a peer are in hand or the problems run out."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}")
+    if peer_rule not in PEER_RULES:
+        raise ValueError(f"peer_rule must be one of {PEER_RULES}, got {peer_rule!r}")
+    sampling = sampling or SamplingSettings(max_new_tokens=256)
+    if sampling.greedy:
+        raise ValueError("the analysis samples groups of rollouts; greedy decoding gives one per problem")
+    if problems_per_batch < 1:
+        raise ValueError(f"problems_per_batch must be >= 1, got {problems_per_batch}")
+    by_id = {p.id: p for p in problems}
+    if len(by_id) != len(problems):
+        raise ValueError("problems: ids must be unique")
+    generator = torch.Generator().manual_seed(seed)  # peer draws, as the trainer's uniform rule
+    rollouts: list[FailedRollout] = []
+    groups: list[GroupOutcome] = []
+    bar = progress_bar(min_failures, "failed rollouts with a peer", progress)
+    try:
+        for start in range(0, len(problems), problems_per_batch):
+            if len(rollouts) >= min_failures:
+                break
+            batch = list(problems[start : start + problems_per_batch])
+            ids_PG = generate(
+                model,
+                tokenizer,
+                [prompt_ids(tokenizer, p) for p in batch],
+                n=group_size,
+                settings=sampling,
+                batch_size=batch_size,
+                seed=seed + start * group_size,
+            )
+            new: list[FailedRollout] = []
+            texts_PG = [[decode(tokenizer, ids) for ids in ids_G] for ids_G in ids_PG]
+            verdicts_PG = verify_all(batch, texts_PG, verifier, verify_workers)
+            for problem, ids_G, verdicts in zip(batch, ids_PG, verdicts_PG):
+                # an unverifiable rollout is never a peer nor analysed, as in training
+                rewards_G = [-math.inf if v.reason == "error" else v.reward for v in verdicts]
+                peers = select_peers(rewards_G, group_size, peer_rule, generator=generator)
+                successes = sum(r >= 1.0 for r in rewards_G)
+                uncomputed = sum(r == -math.inf for r in rewards_G)
+                groups.append(GroupOutcome(problem.id, group_size, successes, uncomputed))
+                reference_ids = None
+                if problem.reference is not None:
+                    reference_ids = list(tokenizer(problem.reference, add_special_tokens=False)["input_ids"])
+                for i, (verdict, peer) in enumerate(zip(verdicts, peers)):
+                    if rewards_G[i] >= 1.0 or rewards_G[i] == -math.inf or peer is None:
+                        continue
+                    new.append(
+                        FailedRollout(
+                            problem_id=problem.id,
+                            rollout=i,
+                            peer=peer,
+                            pass_rate=successes / group_size,
+                            completion_ids=list(ids_G[i]),
+                            peer_ids=list(ids_G[peer]),
+                            reason=verdict.reason,
+                            reference_ids=reference_ids,
+                            completion_tokens=_token_texts(tokenizer, ids_G[i]),
+                            peer_tokens=_token_texts(tokenizer, ids_G[peer]),
+                            prompt=problem.prompt,
+                            answer=problem.answer,
+                        )
+                    )
+            score_rollouts(
+                model,
+                tokenizer,
+                new,
+                by_id,
+                contexts,
+                template=template,
+                temperature=sampling.temperature,
+                max_peer_tokens=max_peer_tokens,
+                batch_tokens=batch_tokens,
+            )
+            bar.update(min(len(rollouts) + len(new), min_failures) - min(len(rollouts), min_failures))
+            rollouts.extend(new)
+            bar.set_postfix(problems=len(groups), rollouts=len(rollouts), refresh=False)
+    finally:
+        bar.close()
+    settings = {
+        "group_size": group_size,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_new_tokens": sampling.max_new_tokens,
+        "min_failures": min_failures,
+        "seed": seed,
+        "peer_rule": peer_rule,
+        "contexts": list(contexts),
+        "max_peer_tokens": max_peer_tokens,
+    }
+    return Analysis(rollouts, groups, settings)

@@ -1,0 +1,325 @@
+"""`hsd eval`: pass@1 as the mean over k samples (avg@k), the unbiased pass@k estimator, or greedy accuracy.
+Each problem's record is appended to a JSONL file once scored, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hsd.sampling import SamplingSettings, decode, eos_ids, generate, progress_bar, prompt_ids
+from hsd.tasks.problem import Problem, Verdict
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+# settings that change what a record holds: a resumed run must use the same ones
+RESUME_KEYS = ("k", "greedy", "temperature", "top_p", "max_new_tokens", "seed")
+
+Verifier = Callable[[Problem, str], Verdict]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al., 2021): 1 - C(n-c, k) / C(n, k), from n samples of which c are correct."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i<k} (n-c-i) / (n-i): no huge binomials
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def k_values(k: int) -> list[int]:
+    """The k' reported for pass@k': powers of two up to k, and k itself."""
+    values = [2**e for e in range(k.bit_length()) if 2**e <= k]
+    return values if values[-1] == k else [*values, k]
+
+
+def verify_problem(problem: Problem, completion: str) -> Verdict:
+    """The task's own verifier (math, code, gym, chain) on one completion."""
+    from hsd.tasks.rewards import verify
+
+    return verify(problem.kind, completion, answer=problem.answer, meta=problem.meta)
+
+
+def verify_all(
+    problems: Sequence[Problem], completions: Sequence[Sequence[str]], verifier: Verifier, workers: int = 2
+) -> list[list[Verdict]]:
+    """Verdicts for each problem's completions, verified `workers` at a time, in order."""
+    jobs = [(p, text) for p, texts in zip(problems, completions) for text in texts]
+
+    def one(job):
+        problem, text = job
+        try:
+            return verifier(problem, text)
+        except Exception as exc:  # noqa: BLE001 - a verifier failure is recorded, never a silent 0
+            return Verdict(0.0, "error", f"verifier failed: {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        verdicts = list(pool.map(one, jobs))
+    out, start = [], 0
+    for texts in completions:
+        out.append(verdicts[start : start + len(texts)])
+        start += len(texts)
+    return out
+
+
+def _read_records(path: Path) -> dict[str, dict]:
+    """Records already written, by problem id; a torn last line (a killed run) is dropped from the file."""
+    if not path.exists():
+        return {}
+    records, good_bytes = {}, 0
+    with open(path, "rb") as handle:
+        lines = handle.readlines()
+    for number, raw in enumerate(lines, start=1):
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(
+                f"{path}: line {number} is not valid JSON; remove it or use a fresh --out"
+            ) from None
+        if not isinstance(record, dict) or "id" not in record or "rewards" not in record:
+            raise ValueError(f"{path}: line {number} is not an eval record (needs 'id' and 'rewards')")
+        records[str(record["id"])] = record
+        good_bytes += len(raw)
+    if good_bytes < sum(len(raw) for raw in lines):
+        with open(path, "r+b") as handle:
+            handle.truncate(good_bytes)
+    return records
+
+
+def _check_resume(summary_path: Path, settings: dict) -> None:
+    if not summary_path.exists():
+        return
+    previous = json.loads(summary_path.read_text()).get("settings", {})
+    for key in RESUME_KEYS:
+        if key in previous and previous[key] != settings[key]:
+            raise ValueError(
+                f"{summary_path}: this directory holds a run with {key}={previous[key]!r}, not {settings[key]!r}; "
+                "use the same settings to resume or a fresh --out"
+            )
+
+
+def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: dict) -> dict:
+    """The summary over the problems that have a record: avg@k, pass@k', greedy accuracy, reasons, lengths."""
+    done = [records[p.id] for p in problems if p.id in records]
+    k = settings["k"]
+    rewards = [[float(r) for r in rec["rewards"]] for rec in done]
+    n_samples = sum(len(r) for r in rewards)
+    mean = sum(map(sum, rewards)) / n_samples if n_samples else None
+    correct = [sum(r >= 1.0 for r in rs) for rs in rewards]
+    lengths = [n for rec in done for n in rec.get("num_tokens", [])]
+    truncated = [t for rec in done for t in rec.get("truncated", [])]
+    summary = {
+        "settings": settings,
+        "n_problems": len(problems),
+        "n_done": len(done),
+        "complete": len(done) == len(problems),
+        "n_samples": n_samples,
+        "pass@1": None if settings["greedy"] else mean,  # avg@k: the mean reward over all k samples
+        "pass@k": None,
+        "greedy": mean if settings["greedy"] else None,
+        "reasons": dict(sorted(Counter(r for rec in done for r in rec["reasons"]).items())),
+        "mean_completion_tokens": sum(lengths) / len(lengths) if lengths else None,
+        "truncated_share": sum(truncated) / len(truncated) if truncated else None,
+    }
+    if not settings["greedy"] and done:
+        summary["pass@k"] = {
+            str(kk): sum(pass_at_k(len(rs), c, kk) for rs, c in zip(rewards, correct)) / len(done)
+            for kk in k_values(k)
+        }
+    return summary
+
+
+def evaluate(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    *,
+    k: int = 16,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    max_new_tokens: int = 512,
+    batch_size: int = 32,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    verifier: Verifier = verify_problem,
+    verify_workers: int = 2,
+    progress: bool = True,
+    info: dict | None = None,
+) -> dict:
+    """Sample k completions per problem (or one greedy one), verify them, and return the summary dict.
+
+    With `out_dir`, each problem's record is appended to samples.jsonl as soon as it is scored and
+    summary.json is rewritten after every chunk; problems already in samples.jsonl are not recomputed.
+    `info` (e.g. model and dataset names) is stored with the settings.
+    """
+    if greedy:
+        k = 1
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    sampling = SamplingSettings(temperature, top_p, max_new_tokens, greedy)
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"problems: id {duplicate!r} appears more than once; ids must be unique to resume")
+    settings = {
+        **(info or {}),
+        "k": k,
+        "greedy": greedy,
+        "temperature": None if greedy else temperature,
+        "top_p": None if greedy else top_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    records: dict[str, dict] = {}
+    samples_path = summary_path = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        samples_path, summary_path = out / SAMPLES_FILE, out / SUMMARY_FILE
+        _check_resume(summary_path, settings)
+        records = _read_records(samples_path)
+    todo = [(i, p) for i, p in enumerate(problems) if p.id not in records]
+    resumed, computed = len(problems) - len(todo), 0
+    stop = set(eos_ids(model, tokenizer))
+    start_time = time.perf_counter()
+    chunk = max(1, (4 * batch_size) // k)  # problems per chunk: a few generation batches, then a write
+    bar = progress_bar(len(todo) * k, "eval", progress)
+    if resumed and progress:
+        bar.write(f"eval: resuming, {resumed} of {len(problems)} problems already scored")
+
+    def write_summary() -> dict:
+        summary = summarize(problems, records, settings)
+        summary.update(
+            resumed_problems=resumed,
+            computed_problems=computed,
+            wall_s=round(time.perf_counter() - start_time, 2),
+        )
+        if summary_path is not None:
+            tmp = summary_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, summary_path)
+        return summary
+
+    try:
+        for c in range(0, len(todo), chunk):
+            part = todo[c : c + chunk]
+            chunk_problems = [p for _, p in part]
+            completions = generate(
+                model,
+                tokenizer,
+                [prompt_ids(tokenizer, p) for p in chunk_problems],
+                n=k,
+                settings=sampling,
+                batch_size=batch_size,
+                seed=seed + part[0][0] * k,
+                progress=bar,
+            )
+            texts = [[decode(tokenizer, row) for row in rows] for rows in completions]
+            verdicts = verify_all(chunk_problems, texts, verifier, verify_workers)
+            lines = []
+            for problem, rows, row_texts, row_verdicts in zip(chunk_problems, completions, texts, verdicts):
+                record = {
+                    "id": problem.id,
+                    "answer": problem.answer,
+                    "rewards": [v.reward for v in row_verdicts],
+                    "reasons": [v.reason for v in row_verdicts],
+                    "completions": row_texts,
+                    "num_tokens": [len(row) for row in rows],
+                    "truncated": [not row or row[-1] not in stop for row in rows],
+                }
+                records[problem.id] = record
+                lines.append(json.dumps(record) + "\n")
+            computed += len(part)
+            if samples_path is not None:
+                with open(samples_path, "a") as handle:
+                    handle.writelines(lines)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                write_summary()
+    finally:
+        bar.close()
+    return write_summary()
+
+
+def format_summary(summary: dict) -> str:
+    """A few human-readable lines."""
+    s = summary["settings"]
+    lines = [f"{summary['n_done']}/{summary['n_problems']} problems, {summary['n_samples']} samples"]
+    if s["greedy"]:
+        lines.append(
+            f"greedy accuracy: {summary['greedy']:.4f}" if summary["greedy"] is not None else "greedy: -"
+        )
+    elif summary["pass@1"] is not None:
+        lines.append(f"pass@1 (avg@{s['k']}): {summary['pass@1']:.4f}")
+        lines.append("  ".join(f"pass@{kk}: {v:.4f}" for kk, v in summary["pass@k"].items()))
+    lines.append("reasons: " + ", ".join(f"{r} {n}" for r, n in summary["reasons"].items()))
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id, model directory, .gguf file, or 'smollm2'")
+    parser.add_argument("--dataset", required=True,
+                        help="path, short name (gsm8k, math500, aime24, aime25, humaneval, mbppplus), rg:NAME, "
+                             "testbed:chain?variant=single")  # fmt: skip
+    parser.add_argument(
+        "--out", required=True, help="output directory (samples.jsonl, summary.json); resumed"
+    )
+    parser.add_argument("--k", type=int, default=16, help="samples per problem (default 16)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0: off)")
+    parser.add_argument("--greedy", action="store_true", help="one greedy completion per problem instead")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="completion length cap (default 512)")
+    parser.add_argument("--limit", type=int, default=None, help="the first N problems only")
+    parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
+    parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences generated at once (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from hsd.models import load_model, load_tokenizer
+    from hsd.tasks.datasets import load_problems
+
+    problems = load_problems(
+        args.dataset, split=args.split, limit=args.limit, instruction=args.instruction, seed=args.seed
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=device)
+    summary = evaluate(
+        model,
+        tokenizer,
+        problems,
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        out_dir=args.out,
+        verify_workers=args.verify_workers,
+        progress=not args.quiet,
+        info={"model": args.model, "dataset": args.dataset, "limit": args.limit},
+    )
+    print(format_summary(summary), file=sys.stderr)
+    print(json.dumps({key: summary[key] for key in ("pass@1", "pass@k", "greedy", "n_done", "n_problems")}))
+    return 0

@@ -1,0 +1,142 @@
+"""Batched sampling (or greedy decoding) of completions from a Hugging Face causal LM, with a progress bar.
+Completions are kept as the exact token ids generated, up to and including the first eos, as TRL keeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from hsd.tasks.problem import Problem
+from hsd.trainer.teacher import tokenize_prompt
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are drawn: sampled at `temperature` / `top_p`, or greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    greedy: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an int, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def chat_prompt(problem: Problem) -> list[dict]:
+    """The student's conversation: one user message holding the question."""
+    return [{"role": "user", "content": problem.prompt}]
+
+
+def prompt_ids(tokenizer, problem: Problem) -> list[int]:
+    """The chat-templated student prompt, tokenized as the trainer tokenizes it."""
+    return tokenize_prompt(tokenizer, chat_prompt(problem))
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a completion: the tokenizer's eos and the model's generation eos."""
+    ids = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if source is None:
+            continue
+        ids.update(source if isinstance(source, list | tuple) else [source])
+    if not ids:
+        raise ValueError(
+            "the tokenizer and the model both lack an eos token; cannot tell where completions end"
+        )
+    return sorted(ids)
+
+
+def _cut_at_eos(row: list[int], stop: set[int]) -> list[int]:
+    for t, token in enumerate(row):
+        if token in stop:
+            return row[: t + 1]
+    return row
+
+
+def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention[i, width - len(row) :] = 1
+    return input_ids, attention
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    *,
+    n: int = 1,
+    settings: SamplingSettings = SamplingSettings(),
+    batch_size: int = 32,
+    seed: int = 0,
+    progress=None,
+) -> list[list[list[int]]]:
+    """`n` completions (token ids up to and including the first eos) for each prompt (token ids).
+
+    Rows (prompt x sample) are generated `batch_size` at a time, left-padded, longest prompts together. The
+    global torch RNG is seeded with `seed` + the batch's first row, so a call is reproducible. `progress`
+    (a tqdm bar or None) advances by one per row.
+    """
+    from transformers import GenerationConfig
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (samples per prompt) must be a positive int, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if settings.greedy and n != 1:
+        raise ValueError(f"greedy decoding gives one completion per prompt; got n={n}")
+    stop = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    config = GenerationConfig(
+        do_sample=not settings.greedy,
+        temperature=settings.temperature if not settings.greedy else None,
+        top_p=settings.top_p if not settings.greedy else None,
+        top_k=0,  # no top-k cut: sample from the whole (top-p) distribution
+        max_new_tokens=settings.max_new_tokens,
+        eos_token_id=stop,
+        pad_token_id=pad_id,
+    )
+    rows = [(list(map(int, prompts[p])), p) for p in range(len(prompts)) for _ in range(n)]
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))
+    device = next(model.parameters()).device
+    out_rows: list[list[int] | None] = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        input_ids, attention = _left_padded([rows[r][0] for r in batch], pad_id)
+        torch.manual_seed(seed + start)
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config
+        )
+        new_tokens = generated[:, input_ids.shape[1] :].tolist()
+        for r, row in zip(batch, new_tokens):
+            out_rows[r] = _cut_at_eos(row, set(stop))
+        if progress is not None:
+            progress.update(len(batch))
+    return [out_rows[p * n : (p + 1) * n] for p in range(len(prompts))]
+
+
+def decode(tokenizer, ids: Sequence[int]) -> str:
+    """A completion's text, special tokens (eos) left out: what the verifier reads."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A tqdm bar on stderr (a no-op object when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
