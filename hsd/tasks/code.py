@@ -26,6 +26,10 @@ from hsd.tasks.math import as_text
 from hsd.tasks.problem import Verdict
 
 RUNNER = Path(sandbox_runner.__file__).resolve()
+# Loaded by the judge before the program starts when the program's uid may not be able to read the interpreter.
+PRELOAD = ("collections", "itertools", "functools", "heapq", "bisect", "math", "cmath", "re", "string", "typing",
+           "fractions", "decimal", "statistics", "hashlib", "copy", "operator", "random", "datetime", "json",
+           "array", "textwrap", "unicodedata", "calendar")  # fmt: skip
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -48,9 +52,12 @@ def extract_code(completion: str | bytes, entry_point: str | None = None) -> str
 # ---------------------------------------------------------------- isolation available on this machine
 @lru_cache(maxsize=1)
 def isolation() -> dict[str, Any]:
-    """What the sandbox can use here: an `unshare` prefix (namespaces) and a uid range to drop to."""
+    """What the sandbox can use here: an `unshare` prefix (namespaces) and a uid range to drop to.
+
+    HSD_SANDBOX_NAMESPACES=0 in the environment turns the namespaces off (uid, rlimits and guard remain).
+    """
     root = os.geteuid() == 0
-    unshare = shutil.which("unshare")
+    unshare = shutil.which("unshare") if os.environ.get("HSD_SANDBOX_NAMESPACES", "1") != "0" else None
     candidates: list[list[str]] = []
     if unshare and sys.platform.startswith("linux"):
         if root:
@@ -266,6 +273,7 @@ def _run_job(job: dict) -> dict:
     job["private_mounts"] = "--mount" in prefix
     if uid is not None and not job["private_mounts"]:
         os.chown(workdir, uid, uid)
+        job["preload"] = PRELOAD
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": workdir,
@@ -318,6 +326,7 @@ def run_tests(
     nproc: int = 64,
     output_limit: int = 4096,
     partial_credit: bool = False,
+    audit_guard: bool = True,
 ) -> Verdict:
     """Run `code` against `tests` in the sandbox: reward 1.0 if every test passes (or the pass fraction).
 
@@ -328,6 +337,8 @@ def run_tests(
     may also take up to 3x the reference solution's time on it. Reasons: "correct", "wrong", "timeout", "crash", "syntax_error",
     "no_code", "error" (the sandbox itself failed: reward unknown). extra: pass_fraction, all_pass, passed,
     tests, output (the program's first `output_limit` bytes of stdout/stderr), isolation.
+    audit_guard: also refuse sockets, ctypes, starting programs, signalling outside the program and writing
+    outside its directory with an in-process audit hook (a second line of defence; see docs/verifiers.md).
     """
     form = test_form(tests)
     if timeout <= 0 or memory_mb <= 0:
@@ -336,7 +347,7 @@ def run_tests(
     if code is None or not as_text(code).strip():
         return Verdict(0.0, "no_code", "no code found in the completion", base_extra)
     limits = dict(timeout=timeout, memory_mb=memory_mb, file_mb=file_mb, disk_mb=disk_mb, nproc=nproc,
-                  output_limit=output_limit)  # fmt: skip
+                  output_limit=output_limit, audit_guard=audit_guard)  # fmt: skip
     job = _job(as_text(code), tests, form, **limits)
     if form == "check":
         job["test"] = tests["test"]

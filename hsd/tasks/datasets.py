@@ -99,6 +99,11 @@ def load_problems(
             raise ValueError(f"spec {spec!r}: the testbed task is 'chain', got {name!r}")
         from hsd.tasks.chain import load_chain_problems
 
+        options.setdefault("seed", seed)
+        if split is not None:
+            options.setdefault("split", split)
+        if limit is not None:
+            options.setdefault("n", limit)
         problems = load_chain_problems(**options)
         return problems[:limit] if limit is not None else problems
     prefix = None

@@ -236,22 +236,22 @@ def serve() -> None:
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        for name in sys.argv[1:]:
-            importlib.import_module(name)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        _write_frame(out_fd, f"preload failed: {type(exc).__name__}: {exc}")
-        return
-    _write_frame(out_fd, _READY)
-    while True:
         try:
-            module, function, args, kwargs = _read_frame(in_fd, None)
-        except EOFError:
-            return
-        try:
-            result = (True, getattr(importlib.import_module(module), function)(*args, **kwargs))
+            for name in sys.argv[1:]:
+                importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - reported to the parent
-            result = (False, f"{type(exc).__name__}: {exc}")
-        try:
-            _write_frame(out_fd, result)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            _write_frame(out_fd, (False, f"result could not be sent: {exc}"))
+            _write_frame(out_fd, f"preload failed: {type(exc).__name__}: {exc}")
+            return
+        _write_frame(out_fd, _READY)
+        while True:
+            module, function, args, kwargs = _read_frame(in_fd, None)
+            try:
+                result = (True, getattr(importlib.import_module(module), function)(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                result = (False, f"{type(exc).__name__}: {exc}")
+            try:
+                _write_frame(out_fd, result)
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                _write_frame(out_fd, (False, f"result could not be sent: {exc}"))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent closed the pipes: nothing left to do

@@ -346,7 +346,8 @@ def candidate_main(job: dict, request_fd: int, reply_fd: int, output_fd: int) ->
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = sys.stdout
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    _install_guard(job["workdir"])
+    if job.get("audit_guard", True):
+        _install_guard(job["workdir"])
     deadline = time.monotonic() + 3600  # the judge enforces the real limits
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
     try:
@@ -717,6 +718,35 @@ def _failing_line(error: BaseException, source_lines: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- main
+def _become_subreaper() -> None:
+    """Orphaned descendants of the program become the judge's children, so it can reap them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _kill_everything_of(uid: int | None) -> None:
+    """Kill every process of the program's throwaway uid (even ones that left its process group), then reap."""
+    if uid is not None:
+        helper = os.fork()
+        if helper == 0:
+            try:
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)  # all processes of this uid, atomically with respect to fork
+            finally:
+                os._exit(0)
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if uid is not None else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def judge(job: dict) -> dict:
     result: dict = {"isolation": {"uid": job.get("uid"), "namespaces": job.get("namespaces", [])}}
     if job.get("private_mounts"):
@@ -729,6 +759,12 @@ def judge(job: dict) -> dict:
     output_fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     if job.get("uid") is not None:
         os.fchown(output_fd, job["uid"], job["uid"])
+    for name in job.get("preload", []):  # modules the dropped uid may be unable to read from disk
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    _become_subreaper()
     run = Run(job)
     candidate = Candidate(job, output_fd)
     os.close(output_fd)
@@ -747,6 +783,7 @@ def judge(job: dict) -> dict:
             result["outputs"] = run_inputs(job, candidate, run)
     finally:
         candidate.kill()
+        _kill_everything_of(job.get("uid"))
     result.update(
         tests=run.total, passed=run.passed, first_failure=run.first_failure,
         stopped=result.get("stopped") or run.stopped,
