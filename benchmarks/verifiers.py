@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     result["humaneval_solutions"] = len(problems)
     result["humaneval_solutions_per_s"] = round(len(problems) / seconds, 2)
     result["humaneval_pass_rate"] = sum(r == 1.0 for r in rewards) / len(rewards)
-    result["sandbox_namespaces"] = [a.lstrip("-") for a in isolation()["prefix"][1:]]
+    namespaces = [a.lstrip("-") for a in isolation()["prefix"][1:]]
+    result["sandbox_namespaces"] = [n for n in namespaces if n in ("user", "net", "pid", "mount")]
     print(json.dumps(result))
     return 0
 
