@@ -1,0 +1,110 @@
+"""`analyze` end to end on a tiny model: it keeps sampling until enough failed rollouts with a peer, picks
+peers among the group's successes, writes every output, and its A_t is the teacher's minus the student's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsd.analysis.cli import analyze
+from hsd.tasks.problem import Problem, Verdict
+from hsd.templates import DEFAULT_TEACHER_TEMPLATE
+
+GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def parity_verifier(problem: Problem, completion: str) -> Verdict:
+    """A real, deterministic verifier for random text: correct when the count of letters is even."""
+    ok = sum(c.isalpha() for c in completion) % 2 == 0
+    return Verdict(float(ok), "correct" if ok else "wrong")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory):
+    from hsd.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    problems = [Problem(f"p{i}", f"Question {i}?", str(i), reference=f"Because {i}.") for i in range(40)]
+    out = tmp_path_factory.mktemp("analysis")
+    credit = analyze(model, tokenizer, problems, out_dir=out, group_size=4, max_new_tokens=10, min_failures=12,
+                     problems_per_batch=3, verifier=parity_verifier, progress=False, seed=3)  # fmt: skip
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    return model, tokenizer, problems, out, credit, rollouts
+
+
+def test_stops_once_enough_failed_rollouts_with_a_peer(run):
+    *_, credit, rollouts = run
+    counts = credit["counts"]
+    assert counts["analysed"] == len(rollouts) >= 12 and credit["reached_min_failures"]
+    assert counts["problems"] % 3 == 0 and counts["problems"] < 40  # whole batches, then it stopped
+    assert counts["analysed"] - counts["failed_with_peer"] == 0
+    assert counts["rollouts"] == 4 * counts["problems"]
+
+
+def test_credit_json_has_the_documented_keys_and_shares(run):
+    *_, out, credit, _ = run
+    assert json.loads((out / "credit.json").read_text()) == credit
+    for key in ("mass_within", "mass_within_random", "mass_within_tau_pos", "abs_credit_at_tau",
+                "abs_credit_elsewhere", "peak_credit_at_tau", "silence_curve", "median_tau", "tau_zero_share",
+                "shared_prefix", "coverage", "counts"):  # fmt: skip
+        assert key in credit, key
+    assert credit["contexts"] == ["opsd", "hsd", "sdft"]
+    for table in ("mass_within", "mass_within_random"):
+        for context in ("opsd", "hsd", "sdft"):
+            shares = credit[table][context]
+            assert list(shares) == ["2", "4", "8", "16", "32"]
+            assert all(0 <= v <= 1 for v in shares.values())
+            assert list(shares.values()) == sorted(shares.values())  # cumulative in w
+    for name in ("report.html", "credit_profile.png", "silence_curve.png", "coverage.png"):
+        assert (out / name).is_file()
+
+
+def test_peers_are_successes_and_failures_are_failures(run):
+    _, tokenizer, *_, rollouts = run
+    text = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731 - what the verifier read
+    for r in rollouts:
+        assert r["peer"] != r["rollout"]
+        assert parity_verifier(None, text(r["completion_ids"])).reward == 0.0
+        assert parity_verifier(None, text(r["peer_ids"])).reward == 1.0
+        assert r["tau"] is None or r["completion_ids"][: r["tau"]] == r["peer_ids"][: r["tau"]]
+
+
+def test_hsd_credit_is_teacher_minus_student_on_the_exact_ids(run):
+    model, tokenizer, problems, *_, rollouts = run
+    r = rollouts[0]
+    problem = next(p for p in problems if p.id == r["problem_id"])
+    peer_text = tokenizer.decode(r["peer_ids"], skip_special_tokens=True)
+
+    def logps(text):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
+        ids = list(prompt) + r["completion_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        return [float(lp[t - 1, ids[t]]) for t in range(len(prompt), len(ids))]
+
+    teacher = logps(DEFAULT_TEACHER_TEMPLATE.render(problem.prompt, answer=problem.answer, peer=peer_text))
+    student = logps(problem.prompt)
+    expected = [t - s for t, s in zip(teacher, student)]
+    assert r["credit"]["hsd"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_cli_writes_outputs_even_without_failures_with_a_peer(tiny_model_dir, tmp_path):
+    command = [sys.executable, "-m", "hsd", "analyze", "--model", str(tiny_model_dir), "--dataset", str(GSM8K_TEST),
+               "--problems", "2", "--group-size", "2", "--max-new-tokens", "6", "--min-failures", "4",
+               "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    credit = json.loads((tmp_path / "credit.json").read_text())
+    assert credit["counts"]["problems"] == 2 and credit["counts"]["rollouts"] == 4
+    assert credit["settings"]["dataset"] == str(GSM8K_TEST) and credit["settings"]["group_size"] == 2
+    assert (tmp_path / "report.html").is_file()
+    if credit["counts"]["analysed"] < 4:
+        assert "only" in result.stderr and not credit["reached_min_failures"]
