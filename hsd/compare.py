@@ -22,8 +22,17 @@ ACCEPTS_OVERRIDES = True  # extra --field value pairs override the recipe for ev
 class HeldOutAccuracy(TrainerCallback):
     """Every `every` optimizer steps (and at step 0): pass@1 on held-out problems, logged as eval/accuracy."""
 
-    def __init__(self, problems, *, every: int, k: int, temperature: float, max_new_tokens: int, path: Path,
-                 seed: int = 0):
+    def __init__(
+        self,
+        problems,
+        *,
+        every: int,
+        k: int,
+        temperature: float,
+        max_new_tokens: int,
+        path: Path,
+        seed: int = 0,
+    ):
         self.problems, self.every, self.k, self.temperature = problems, every, k, temperature
         self.max_new_tokens, self.path, self.seed = max_new_tokens, Path(path), seed
         self.trainer = None
@@ -32,8 +41,16 @@ class HeldOutAccuracy(TrainerCallback):
         from hsd.eval import evaluate
 
         was_training = model.training
-        summary = evaluate(model, tokenizer, self.problems, k=self.k, temperature=self.temperature,
-                           max_new_tokens=self.max_new_tokens, seed=self.seed + step, progress=False)
+        summary = evaluate(
+            model,
+            tokenizer,
+            self.problems,
+            k=self.k,
+            temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed + step,
+            progress=False,
+        )
         model.train(was_training)
         accuracy = summary["pass@1"]
         with self.path.open("a") as f:
@@ -84,8 +101,18 @@ class LiveProgress(TrainerCallback):
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def run_method(recipe: dict, method: str, seed: int, out: Path, *, eval_problems=None, eval_every: int = 5,
-               eval_k: int = 4, eval_temperature: float = 1.0, console=None) -> dict:
+def run_method(
+    recipe: dict,
+    method: str,
+    seed: int,
+    out: Path,
+    *,
+    eval_problems=None,
+    eval_every: int = 5,
+    eval_k: int = 4,
+    eval_temperature: float = 1.0,
+    console=None,
+) -> dict:
     """Train one (method, seed) run of `recipe` into `out`; return its summary (cached in done.json)."""
     from hsd.trainer.cli import build_trainer, load_recipe
 
@@ -96,12 +123,20 @@ def run_method(recipe: dict, method: str, seed: int, out: Path, *, eval_problems
     values = {**recipe, "method": method, "seed": seed, "output_dir": str(out), "disable_tqdm": True}
     script, args = load_recipe(None, values)
     (out / "resolved_config.json").write_text(
-        json.dumps({"script": vars(script), "config": args.to_dict()}, indent=2, default=str))
+        json.dumps({"script": vars(script), "config": args.to_dict()}, indent=2, default=str)
+    )
     callbacks = [LiveProgress(f"{method} seed {seed}", console)]
     held_out = None
     if eval_problems:
-        held_out = HeldOutAccuracy(eval_problems, every=eval_every, k=eval_k, temperature=eval_temperature,
-                                   max_new_tokens=args.max_completion_length, path=out / "eval.jsonl", seed=seed)
+        held_out = HeldOutAccuracy(
+            eval_problems,
+            every=eval_every,
+            k=eval_k,
+            temperature=eval_temperature,
+            max_new_tokens=args.max_completion_length,
+            path=out / "eval.jsonl",
+            seed=seed,
+        )
         callbacks.append(held_out)
     trainer = build_trainer(script, args, callbacks=callbacks)
     if held_out is not None:
@@ -152,8 +187,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write_comparison(results: list[dict], out: Path, *, threshold: float | None = None,
-                     command: str | None = None) -> Path:
+def write_comparison(
+    results: list[dict], out: Path, *, threshold: float | None = None, command: str | None = None
+) -> Path:
     """comparison.md (mean +/- std over seeds, steps to threshold, per-phase time) and learning_curves.png."""
     methods = list(dict.fromkeys(r["method"] for r in results))
     if threshold is None:
@@ -176,12 +212,18 @@ def write_comparison(results: list[dict], out: Path, *, threshold: float | None 
         init_m, _ = _mean_std([r.get("initial_accuracy") for r in runs])
         fin_m, fin_s = _mean_std([r.get("final_accuracy") for r in runs])
         reached = [s for s in (steps_to_reach(r["accuracy_curve"], threshold) for r in runs) if s is not None]
-        reach = f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(runs)})" if reached else f"- (0/{len(runs)})"
+        reach = (
+            f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(runs)})"
+            if reached
+            else f"- (0/{len(runs)})"
+        )
         phases = []
         for name in ("rollout", "scoring", "teacher", "update"):
             m, _ = _mean_std([r["phase_seconds"].get(name) for r in runs])
             phases.append("-" if math.isnan(m) else f"{m:.2f}")
-        lines.append(f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {' | '.join(phases)} |")
+        lines.append(
+            f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {' | '.join(phases)} |"
+        )
     path = out / "comparison.md"
     path.write_text("\n".join(lines) + "\n")
     plot_curves(results, out / "learning_curves.png")
@@ -196,8 +238,10 @@ def plot_curves(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, ax, title in (("accuracy_curve", axes[0], "held-out accuracy (pass@1)"),
-                           ("reward_curve", axes[1], "training reward")):
+    for key, ax, title in (
+        ("accuracy_curve", axes[0], "held-out accuracy (pass@1)"),
+        ("reward_curve", axes[1], "training reward"),
+    ):
         for method in dict.fromkeys(r["method"] for r in results):
             curves = [dict(r[key]) for r in results if r["method"] == method]
             steps = sorted(set().union(*curves)) if curves else []
@@ -212,16 +256,35 @@ def plot_curves(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def compare(recipe: dict, methods: list[str], seeds: list[int], out: Path, *, eval_problems=None,
-            eval_every: int = 5, eval_k: int = 4, threshold: float | None = None, command: str | None = None,
-            console=None) -> list[dict]:
+def compare(
+    recipe: dict,
+    methods: list[str],
+    seeds: list[int],
+    out: Path,
+    *,
+    eval_problems=None,
+    eval_every: int = 5,
+    eval_k: int = 4,
+    threshold: float | None = None,
+    command: str | None = None,
+    console=None,
+) -> list[dict]:
     """Every (method, seed) run of `recipe` (sequential, resumable), then the comparison files."""
     results = []
     for seed in seeds:
         for method in methods:
-            results.append(run_method(recipe, method, seed, out / method / f"seed-{seed}",
-                                      eval_problems=eval_problems, eval_every=eval_every, eval_k=eval_k,
-                                      console=console))
+            results.append(
+                run_method(
+                    recipe,
+                    method,
+                    seed,
+                    out / method / f"seed-{seed}",
+                    eval_problems=eval_problems,
+                    eval_every=eval_every,
+                    eval_k=eval_k,
+                    console=console,
+                )
+            )
     write_comparison(results, out, threshold=threshold, command=command)
     return results
 
@@ -261,7 +324,16 @@ def main(args: argparse.Namespace) -> int:
 
         eval_problems = load_problems(args.eval_dataset, limit=args.eval_limit)
     out = Path(args.out)
-    compare(recipe, methods, list(range(args.seeds)), out, eval_problems=eval_problems, eval_every=args.eval_every,
-            eval_k=args.eval_k, threshold=args.threshold, command="hsd " + shlex.join(sys.argv[1:]))
+    compare(
+        recipe,
+        methods,
+        list(range(args.seeds)),
+        out,
+        eval_problems=eval_problems,
+        eval_every=args.eval_every,
+        eval_k=args.eval_k,
+        threshold=args.threshold,
+        command="hsd " + shlex.join(sys.argv[1:]),
+    )
     print(f"hsd compare: wrote {out / 'comparison.md'} and {out / 'learning_curves.png'}")
     return 0

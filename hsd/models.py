@@ -93,6 +93,13 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
     kwargs = dict(source.init_kwargs)
     kwargs["dtype"] = dtype if dtype is not None else torch.float32
     model = AutoModelForCausalLM.from_pretrained(source.pretrained, **kwargs)
+    if source.gguf_file:
+        # GGUF weights are dequantized to `dtype` on load: the model is a plain trainable model, not a
+        # quantized one, so drop the markers that make Trainer refuse to fine-tune it.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if device is not None:
         model = model.to(device)
     return model.eval()

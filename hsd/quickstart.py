@@ -42,11 +42,15 @@ METHODS = ("hsd", "grpo")
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="run directory")
-    parser.add_argument("--steps", type=int, default=QUICKSTART_RECIPE["max_steps"], help="training steps per method")
+    parser.add_argument(
+        "--steps", type=int, default=QUICKSTART_RECIPE["max_steps"], help="training steps per method"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both methods")
     parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
     parser.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem")
-    parser.add_argument("--analysis-problems", type=int, default=64, help="problems sampled for the credit report")
+    parser.add_argument(
+        "--analysis-problems", type=int, default=64, help="problems sampled for the credit report"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,25 +72,44 @@ def main(args: argparse.Namespace) -> int:
     recipe = {**QUICKSTART_RECIPE, "model": str(model_dir), "max_steps": args.steps}
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     held_out = load_problems(HELD_OUT)
-    results = compare(recipe, list(METHODS), [args.seed], out, eval_problems=held_out, eval_every=args.eval_every,
-                      eval_k=args.eval_k, command=f"hsd quickstart --steps {args.steps} --seed {args.seed}",
-                      console=console)
+    results = compare(
+        recipe,
+        list(METHODS),
+        [args.seed],
+        out,
+        eval_problems=held_out,
+        eval_every=args.eval_every,
+        eval_k=args.eval_k,
+        command=f"hsd quickstart --steps {args.steps} --seed {args.seed}",
+        console=console,
+    )
 
     console.print("credit report of the trained HSD model ...")
     from hsd.analysis.cli import analyze_to_dir
 
     hsd_final = out / "hsd" / f"seed-{args.seed}" / "final"
-    analyze_to_dir(str(hsd_final), QUICKSTART_RECIPE["dataset"].replace("split=train", "split=test"),
-                   out / "credit", problems=args.analysis_problems, seed=args.seed)
+    analyze_to_dir(
+        str(hsd_final),
+        QUICKSTART_RECIPE["dataset"].replace("split=train", "split=test"),
+        out / "credit",
+        problems=args.analysis_problems,
+        seed=args.seed,
+    )
 
     table = Table(title=f"held-out accuracy (pass@1, {len(held_out)} problems x {args.eval_k} samples)")
     for column in ("method", "before", "after", "train time"):
         table.add_column(column)
     for r in results:
-        table.add_row(r["method"], f"{r['initial_accuracy']:.3f}", f"{r['final_accuracy']:.3f}",
-                      f"{r['train_seconds']:.0f}s")
+        table.add_row(
+            r["method"],
+            f"{r['initial_accuracy']:.3f}",
+            f"{r['final_accuracy']:.3f}",
+            f"{r['train_seconds']:.0f}s",
+        )
     console.print(table)
-    console.print(f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
-                  "{metrics.jsonl, eval.jsonl, resolved_config.json, final/, runs/ (TensorBoard)}, credit/report.html)")
+    console.print(
+        f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
+        "{metrics.jsonl, eval.jsonl, resolved_config.json, final/, runs/ (TensorBoard)}, credit/report.html)"
+    )
     console.print(f"total time: {time.time() - start:.0f}s")
     return 0

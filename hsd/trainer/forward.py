@@ -12,6 +12,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from hsd.core.losses import token_divergence
+from hsd.trainer.prefix import prefix_shared_hidden
 
 
 def _distill_chunk(teacher_h, student_h, token_ids, lm_head, temperature, kind, alpha, topk, clip):
@@ -39,6 +40,19 @@ def _logp_chunk(hidden, token_ids, lm_head, temperature):
     return torch.log_softmax(logits, dim=-1).gather(-1, token_ids[:, None])[:, 0]
 
 
+def _chunks_on_every_rank(n_positions: int, chunk_size: int) -> int:
+    """Number of chunks to run, the same on every process: under DeepSpeed ZeRO-3 / FSDP each lm_head call
+    gathers its weight collectively, so a process with fewer positions still makes as many calls."""
+    n_chunks = -(-n_positions // chunk_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        count = torch.tensor([n_chunks], dtype=torch.long)
+        if torch.distributed.get_backend() == "nccl":
+            count = count.cuda()
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        n_chunks = int(count.item())
+    return n_chunks
+
+
 def fused_distillation(
     teacher_hidden_NH: torch.Tensor,
     student_hidden_NH: torch.Tensor,
@@ -58,8 +72,8 @@ def fused_distillation(
     pass instead of being kept, so memory holds one chunk of [chunk, V] logits per side at a time.
     """
     divs, s_logps, t_logps = [], [], []
-    for start in range(0, student_hidden_NH.size(0), chunk_size):
-        sl = slice(start, start + chunk_size)
+    for chunk in range(_chunks_on_every_rank(student_hidden_NH.size(0), chunk_size)):
+        sl = slice(chunk * chunk_size, (chunk + 1) * chunk_size)  # may be empty on this process
         args = (
             teacher_hidden_NH[sl],
             student_hidden_NH[sl],
@@ -87,8 +101,8 @@ def fused_distillation(
 def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chunk_size=1024) -> torch.Tensor:
     """log p(o_t) at each position, chunked (and checkpointed when gradients flow)."""
     out = []
-    for start in range(0, hidden_NH.size(0), chunk_size):
-        sl = slice(start, start + chunk_size)
+    for chunk in range(_chunks_on_every_rank(hidden_NH.size(0), chunk_size)):
+        sl = slice(chunk * chunk_size, (chunk + 1) * chunk_size)
         if torch.is_grad_enabled() and hidden_NH.requires_grad:
             out.append(
                 checkpoint(
@@ -100,11 +114,182 @@ def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chu
     return torch.cat(out) if out else hidden_NH.new_zeros(0, dtype=torch.float32)
 
 
+def _logits_fp32(hidden_nH, weight_VH, bias_V, inv_temperature: float) -> torch.Tensor:
+    """[n, V] float32 logits / temperature; bf16 / fp16 products are accumulated in fp32 on CUDA."""
+    if hidden_nH.is_cuda and hidden_nH.dtype in (torch.bfloat16, torch.float16):
+        logits = torch.mm(hidden_nH, weight_VH.t(), out_dtype=torch.float32)
+    else:
+        logits = torch.mm(hidden_nH, weight_VH.t()).float()
+    if bias_V is not None:
+        logits.add_(bias_V.float())
+    if inv_temperature != 1.0:
+        logits.mul_(inv_temperature)
+    return logits
+
+
+def _mm_fp32(a, b, out=None, accumulate=False) -> torch.Tensor:
+    """a @ b in float32 (added to `out` when `accumulate`), without rounding a bf16 / fp16 product first."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        if accumulate:
+            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+        return torch.mm(a, b, out_dtype=torch.float32)
+    product = torch.mm(a.float(), b.float()) if a.dtype != torch.float32 else torch.mm(a, b)
+    if accumulate:
+        return out.add_(product)
+    return product
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+class _TeacherStudentKL(torch.autograd.Function):
+    """KL(pT || pS) (Eq. 13), log pS(o_t) and log pT(o_t) from hidden states, with the gradient worked out.
+
+    Forward: per chunk, both logits, their log-normalisers, and
+        KL = sum_v pT(v) (z_T(v) - z_S(v)) - log Z_T + log Z_S        (z: logits / temperature)
+    Backward: the chunk's logits are recomputed and the gradient of the student logits is written directly,
+        dL/dz_S = g_KL (pS - pT) + g_logp (onehot(o_t) - pS),
+    then one matmul each for the hidden states and the head's weight. No autograd graph over [chunk, V].
+    """
+
+    @staticmethod
+    def forward(ctx, student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, temperature, chunk_size, clip):
+        dtype = _compute_dtype(student_NH)
+        inv_t = 1.0 / temperature
+        N = student_NH.size(0)
+        divergence_N = student_NH.new_empty(N, dtype=torch.float32)
+        student_logp_N, teacher_logp_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
+        student_lse_N, teacher_lse_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
+        with torch.autocast(student_NH.device.type, enabled=False):
+            weight = weight_VH.to(dtype)
+            for start in range(0, N, chunk_size):
+                sl = slice(start, start + chunk_size)
+                ids = token_ids_N[sl, None]
+                z_student = _logits_fp32(student_NH[sl].to(dtype), weight, bias_V, inv_t)
+                z_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t)
+                lse_student, lse_teacher = z_student.logsumexp(-1), z_teacher.logsumexp(-1)
+                student_logp_N[sl] = z_student.gather(-1, ids)[:, 0] - lse_student
+                teacher_logp_N[sl] = z_teacher.gather(-1, ids)[:, 0] - lse_teacher
+                gap = torch.sub(z_teacher, z_student, out=z_student)  # z_T - z_S, in place
+                p_teacher = z_teacher.sub_(lse_teacher[:, None]).exp_()
+                # Eq. 13: sum_v pT (log pT - log pS) = sum_v pT (z_T - z_S) - log Z_T + log Z_S
+                divergence_N[sl] = torch.linalg.vecdot(p_teacher, gap) - lse_teacher + lse_student
+                student_lse_N[sl], teacher_lse_N[sl] = lse_student, lse_teacher
+        keep_N = None
+        if clip is not None:
+            keep_N = divergence_N <= clip  # clamp(max=clip): no gradient above the cap
+            divergence_N = divergence_N.clamp(max=clip)
+        ctx.save_for_backward(
+            student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N
+        )
+        ctx.keep_N, ctx.inv_t, ctx.chunk_size, ctx.dtype = keep_N, inv_t, chunk_size, dtype
+        ctx.mark_non_differentiable(teacher_logp_N)
+        return divergence_N, student_logp_N, teacher_logp_N
+
+    @staticmethod
+    def backward(ctx, grad_divergence_N, grad_student_logp_N, _):
+        student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N = (
+            ctx.saved_tensors
+        )
+        inv_t, dtype = ctx.inv_t, ctx.dtype
+        need_hidden, _, _, need_weight, need_bias = ctx.needs_input_grad[:5]
+        N = student_NH.size(0)
+        zeros = student_lse_N.new_zeros(N)
+        g_div = zeros if grad_divergence_N is None else grad_divergence_N.float()
+        if ctx.keep_N is not None:
+            g_div = g_div * ctx.keep_N
+        g_logp = None if grad_student_logp_N is None else grad_student_logp_N.float()
+        grad_hidden = torch.zeros(student_NH.shape, dtype=torch.float32, device=student_NH.device)
+        grad_weight = (
+            torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
+            if need_weight
+            else None
+        )
+        grad_bias = (
+            torch.zeros(bias_V.shape, dtype=torch.float32, device=bias_V.device) if need_bias else None
+        )
+        with torch.autocast(student_NH.device.type, enabled=False):
+            weight = weight_VH.to(dtype)
+            for start in range(0, N, ctx.chunk_size):
+                sl = slice(start, start + ctx.chunk_size)
+                g_div_n = g_div[sl] * inv_t
+                g_logp_n = None if g_logp is None else g_logp[sl] * inv_t
+                if not g_div_n.any() and (g_logp_n is None or not g_logp_n.any()):
+                    continue
+                h_student = student_NH[sl].to(dtype)
+                p_student = _logits_fp32(h_student, weight, bias_V, inv_t)
+                p_student.sub_(student_lse_N[sl, None]).exp_()
+                p_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t)
+                p_teacher.sub_(teacher_lse_N[sl, None]).exp_()
+                # dL/dz_S = g_div (pS - pT) + g_logp (onehot - pS), times 1/temperature (folded into g)
+                coef = g_div_n if g_logp_n is None else g_div_n - g_logp_n
+                grad_logits = p_student.mul_(coef[:, None]).addcmul_(p_teacher, g_div_n[:, None], value=-1.0)
+                del p_teacher
+                if g_logp_n is not None:
+                    grad_logits.scatter_add_(1, token_ids_N[sl, None], g_logp_n[:, None])
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
+                grad_low = grad_logits.to(dtype)
+                if need_hidden:
+                    grad_hidden[sl] = _mm_fp32(grad_low, weight)
+                if need_weight:
+                    _mm_fp32(grad_low.t(), h_student, out=grad_weight, accumulate=True)
+        return (
+            grad_hidden.to(student_NH.dtype) if need_hidden else None,
+            None,
+            None,
+            grad_weight.to(weight_VH.dtype) if need_weight else None,
+            grad_bias.to(bias_V.dtype) if need_bias else None,
+            None,
+            None,
+            None,
+        )
+
+
+def analytic_head_supported(lm_head, kind: str, topk) -> bool:
+    """Whether `teacher_student_kl` can serve this call: Eq. 13, a plain (unsharded, unpatched) linear head."""
+    weight = getattr(lm_head, "weight", None)
+    if kind != "kl_teacher_student" or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return False
+    if weight.numel() == 0 or hasattr(weight, "ds_id") or type(weight.data) is not torch.Tensor:
+        return False  # a ZeRO-3 shard or an FSDP2 DTensor: the head's own module gathers it
+    if "forward" in vars(lm_head):  # a patched head (e.g. TRL's fp32 cast) computes something else
+        return False
+    return type(lm_head).forward is torch.nn.Linear.forward
+
+
+def teacher_student_kl(
+    teacher_hidden_NH, student_hidden_NH, token_ids_N, lm_head, *, temperature=1.0, clip=None, chunk_size=1024
+):
+    """`fused_distillation` for Eq. 13 with a worked-out gradient (same values and gradients, fewer passes)."""
+    return _TeacherStudentKL.apply(
+        student_hidden_NH,
+        teacher_hidden_NH.detach(),
+        token_ids_N,
+        lm_head.weight,
+        lm_head.bias,
+        float(temperature),
+        int(chunk_size),
+        clip,
+    )
+
+
+def set_distill_head(model, analytic: bool) -> None:
+    """Choose the student pass's head: the worked-out gradient (`teacher_student_kl`) where it applies, or
+    autograd through checkpointed chunks (`fused_distillation`) always."""
+    model._hsd_analytic_head = bool(analytic)
+
+
 def install_hsd_forward(model) -> None:
-    """Add two call modes to `model.forward` (the original behaviour is unchanged otherwise):
+    """Add three call modes to `model.forward` (the original behaviour is unchanged otherwise):
 
     - `model(input_ids, attention_mask, hsd_hidden=T)` -> final hidden states at the T positions that predict
       the last T tokens, [B, T, H] (the teacher pass).
+    - `model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=dict(prefix_of_row, completion_ids,
+      completion_mask))` -> the same hidden states for [prefix ; completion] rows, each distinct prefix run
+      once and its KV cache shared (`hsd.trainer.prefix`).
     - `model(input_ids, attention_mask, hsd_distill=dict(...))` -> (divergence, student logp, teacher logp) at
       the selected completion positions, from one backbone pass (the student pass).
     """
@@ -113,9 +298,20 @@ def install_hsd_forward(model) -> None:
     inner_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self, *args, hsd_hidden: int | None = None, hsd_distill: dict | None = None, **kwargs):
-        if hsd_hidden is None and hsd_distill is None:
+    def forward(
+        self,
+        *args,
+        hsd_hidden: int | None = None,
+        hsd_prefix: dict | None = None,
+        hsd_distill: dict | None = None,
+        **kwargs,
+    ):
+        if hsd_hidden is None and hsd_distill is None and hsd_prefix is None:
             return inner_forward(*args, **kwargs)
+        if hsd_prefix is not None:
+            return prefix_shared_hidden(
+                self.base_model, kwargs["input_ids"], kwargs["attention_mask"], **hsd_prefix
+            )
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if hsd_hidden is not None:
@@ -128,6 +324,20 @@ def install_hsd_forward(model) -> None:
         token_ids = spec["completion_ids"][positions]
         student_NH = student_BTH[positions].to(lm_head.weight.dtype)
         teacher_NH = spec["teacher_hidden"][positions].to(lm_head.weight.dtype)
+        if (
+            getattr(self, "_hsd_analytic_head", True)
+            and token_ids.numel()
+            and analytic_head_supported(lm_head, spec["kind"], spec.get("topk"))
+        ):
+            return teacher_student_kl(
+                teacher_NH,
+                student_NH,
+                token_ids,
+                lm_head,
+                temperature=spec["temperature"],
+                clip=spec.get("clip"),
+                chunk_size=spec.get("chunk_size", 1024),
+            )
         return fused_distillation(
             teacher_NH,
             student_NH,

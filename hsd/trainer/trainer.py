@@ -25,7 +25,8 @@ from hsd.core.divergence import first_divergence
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.peers import group_outcomes, select_peers
 from hsd.trainer.config import HSDConfig
-from hsd.trainer.forward import chunked_token_logps, install_hsd_forward
+from hsd.trainer.forward import chunked_token_logps, install_hsd_forward, set_distill_head
+from hsd.trainer.prefix import distinct_prefixes, supports_shared_prefix
 from hsd.trainer.teacher import teacher_input_ids
 
 logger = logging.getLogger(__name__)
@@ -113,12 +114,15 @@ class HSDTrainer(GRPOTrainer):
             raise TypeError(f"HSDTrainer needs an HSDConfig, got {type(args).__name__}")
         validate_dataset(train_dataset, args)
         if isinstance(model, str):
-            from hsd.models import resolve_model
+            from hsd.models import load_model, load_tokenizer, resolve_model
 
             source = resolve_model(model)
-            if source.gguf_file:
-                args.model_init_kwargs = {**(args.model_init_kwargs or {}), **source.init_kwargs}
-            model = source.pretrained
+            if source.gguf_file:  # TRL cannot rebuild a GGUF from its directory: load it here
+                if kwargs.get("processing_class") is None:
+                    kwargs["processing_class"] = load_tokenizer(model)
+                model = load_model(model).train()
+            else:
+                model = source.pretrained
         if reward_funcs is not None:
             funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
             reward_funcs = [
@@ -345,16 +349,48 @@ class HSDTrainer(GRPOTrainer):
         return ids, mask
 
     def _teacher_hidden(self, model, inputs, rows: torch.Tensor) -> torch.Tensor:
-        """Teacher pass (stop-gradient) over the teacher sequences of the selected rows: [B, T, H]."""
+        """Teacher pass (stop-gradient) over the teacher sequences of the selected rows: [B, T, H].
+
+        Each distinct teacher prefix runs once and its KV cache serves every row that shares it
+        (`teacher_prefix_cache`); rows without distillation get no teacher pass (`skip_undistilled_teacher`).
+        """
+        args = self.args
         completion_ids = inputs["completion_ids"]
         T = completion_ids.size(1)
         teacher = self.teacher_model if self.teacher_model is not None else model
+        set_distill_head(self.accelerator.unwrap_model(model), args.analytic_distill_head)
+        if not args.skip_undistilled_teacher:
+            rows = torch.ones_like(rows, dtype=torch.bool)
         index = rows.nonzero(as_tuple=True)[0]
-        ids, mask = self.teacher_batch(inputs, index)
-        with torch.no_grad(), self._timed("teacher"):
-            hidden = teacher(input_ids=ids, attention_mask=mask, hsd_hidden=T)
+        # Every process runs the teacher forward (sharded engines gather weights collectively): with no
+        # distilled row here, it runs on row 0 and the result is discarded.
+        run = index if len(index) else torch.zeros(1, dtype=torch.long, device=rows.device)
+        shared = args.teacher_prefix_cache and supports_shared_prefix(
+            self.accelerator.unwrap_model(teacher).config
+        )
+        stop_gradient = torch.inference_mode if args.teacher_inference_mode else torch.no_grad
+        with stop_gradient(), self._timed("teacher"):
+            if shared:
+                prefix_ids, prefix_mask, prefix_of_row = distinct_prefixes(
+                    inputs["teacher_prompt_ids"][run], inputs["teacher_prompt_mask"][run]
+                )
+                hidden = teacher(
+                    input_ids=prefix_ids,
+                    attention_mask=prefix_mask,
+                    hsd_prefix=dict(
+                        prefix_of_row_R=prefix_of_row,
+                        completion_ids_RT=completion_ids[run],
+                        completion_mask_RT=inputs["completion_mask"][run],
+                    ),
+                )
+            else:
+                ids, mask = self.teacher_batch(inputs, run)
+                hidden = teacher(input_ids=ids, attention_mask=mask, hsd_hidden=T)
+            if getattr(self, "synchronize_timers", False) and hidden.is_cuda:
+                torch.cuda.synchronize(hidden.device)
         out = hidden.new_zeros(completion_ids.size(0), T, hidden.size(-1))
-        out[index] = hidden
+        if len(index):
+            out[index] = hidden
         return out
 
     def _student_terms(self, model, inputs, positions: torch.Tensor, teacher_hidden: torch.Tensor):
