@@ -204,6 +204,7 @@ def test_form(tests: Mapping) -> str:
 
 
 _expected_cache: dict[str, list] = {}
+_expected_locks: dict[str, threading.Lock] = {}
 _expected_lock = threading.Lock()
 
 
@@ -218,8 +219,14 @@ def expected_outputs(tests: Mapping, *, timeout: float = 20.0) -> list[dict]:
         + repr(inputs).encode()
     ).hexdigest()
     with _expected_lock:
-        if key in _expected_cache:
-            return _expected_cache[key]
+        key_lock = _expected_locks.setdefault(key, threading.Lock())
+    with key_lock:  # rollouts of one problem arrive together: compute once, the others wait
+        if key not in _expected_cache:
+            _expected_cache[key] = _reference_outputs(canonical, tests, inputs, timeout)
+    return _expected_cache[key]
+
+
+def _reference_outputs(canonical: str, tests: Mapping, inputs: list[list], timeout: float) -> list[dict]:
     job = _job(canonical, tests, "inputs", timeout=timeout, total_timeout=max(120.0, timeout), memory_mb=4096)
     job["inputs"] = [sandbox_runner.encode(args) for args in inputs]
     result = _run_job(job)
@@ -229,8 +236,6 @@ def expected_outputs(tests: Mapping, *, timeout: float = 20.0) -> list[dict]:
         raise RuntimeError(
             f"canonical solution of {tests.get('task_id', tests['entry_point'])} failed: {problem}"
         )
-    with _expected_lock:
-        _expected_cache[key] = outputs
     return outputs
 
 
@@ -303,13 +308,15 @@ def _run_job(job: dict) -> dict:
             tail = stderr.decode(errors="replace")[-2000:]
             return {"judge_error": f"sandbox exited with code {process.returncode} without a result: {tail}"}
     finally:
+        finished = process is not None and process.poll() is not None
         if process is not None:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             process.wait()
-        if uid is not None and available["uids"][1] - available["uids"][0] > 1:
+        unique_uid = uid is not None and available["uids"][1] - available["uids"][0] > 1
+        if unique_uid and not (finished and process.returncode == 0):  # the judge did not clean up itself
             _kill_uid(uid)
         shutil.rmtree(workdir, ignore_errors=True)
 
