@@ -1,0 +1,124 @@
+"""The testbed's pretraining mix: chain solutions with a controlled per-step error rate, and solutions
+written with privileged context in the user message, rendered by the shared teacher template.
+
+Student examples (no context) corrupt each step's result with probability `error_rate`; the wrong value is
+then carried into the next step, so a corrupted solution stays internally consistent after its error, as a
+model's own slip would. The success rate at temperature 1 is then about (1 - error_rate)^steps.
+
+Context examples have a user message `DEFAULT_TEACHER_TEMPLATE.render(question, answer=..., peer=...,
+reference=...)` and an error-free target, so a model conditioned on a correct solution or on the answer
+writes a correct solution, as a pretrained LLM uses a hint.
+
+Multi-path targets with a peer or reference: the context solution may use another valid order than the
+one a rollout takes. A target that always copied the context would teach a teacher that treats every
+valid reordering as an error; one that ignored it would make the context useless. The target follows the
+context's order for its first k steps, k uniform on 0..n, then applies the remaining operations in a
+uniformly random order. So a teacher leans on the peer's order (about n/(n+1) on its next operation while
+still on its path) and, once a rollout has left that order, continues correctly from the rollout's own
+prefix. The single-path target is the one correct solution, i.e. the context solution itself.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from hsd.tasks.chain import Chain, chain_prompt, chain_split, random_chain, worked_solution
+from hsd.templates import DEFAULT_TEACHER_TEMPLATE
+
+CONTEXTS = ("none", "answer+peer", "answer", "peer", "reference")
+
+
+def corrupted_solution(
+    chain: Chain, ordered_ops: Sequence[int], rng: random.Random, error_rate: float
+) -> str:
+    """A worked solution whose every step is wrong with probability `error_rate`; later steps start from the
+    value written, so an error propagates consistently to the answer."""
+    slips = (-2, -1, 1, 2) if chain.modulus == 10 else (-20, -10, -2, -1, 1, 2, 10, 20)
+    lines, value = [], chain.start
+    for op in ordered_ops:
+        result = chain.apply(value, op)
+        if rng.random() < error_rate:
+            # half slips of a plausible size (a digit or a carry), half any other wrong value
+            delta = rng.choice(slips) if rng.random() < 0.5 else rng.randint(1, chain.modulus - 1)
+            result = chain.apply(result, delta)
+        lines.append(chain.step_line(value, op, result))
+        value = result
+    return "".join(lines) + chain.answer_line(value)
+
+
+def random_order(ops: Sequence[int], rng: random.Random) -> list[int]:
+    order = list(ops)
+    rng.shuffle(order)
+    return order
+
+
+def order_near(context_order: Sequence[int], rng: random.Random) -> list[int]:
+    """The context's first k operations (k uniform on 0..n), then the rest in a random order."""
+    k = rng.randint(0, len(context_order))
+    return list(context_order[:k]) + random_order(context_order[k:], rng)
+
+
+def example(
+    rng: random.Random,
+    *,
+    context: str,
+    variant: str,
+    steps: int,
+    operand_max: int,
+    error_rate: float,
+    modulus: int,
+) -> tuple[str, str]:
+    """One (user message, assistant target) pair of the mix."""
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
+    while chain_split(chain) != "train":  # held-out problems never appear in pretraining
+        chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
+    question = chain_prompt(chain)
+    single = variant == "single"
+    if context == "none":
+        order = list(chain.ops) if single else random_order(chain.ops, rng)
+        return question, corrupted_solution(chain, order, rng, error_rate)
+    answer = chain.number(chain.answer) if context.startswith("answer") else None
+    if context == "answer":
+        order = list(chain.ops) if single else random_order(chain.ops, rng)
+        return DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer), worked_solution(chain, order)
+    # peer: a successful rollout, in any valid order; reference: the given-order solution (Problem.reference)
+    context_order = list(chain.ops) if single or context == "reference" else random_order(chain.ops, rng)
+    context_text = worked_solution(chain, context_order)
+    target_order = context_order if single else order_near(context_order, rng)
+    if context == "reference":
+        user = DEFAULT_TEACHER_TEMPLATE.render(question, reference=context_text)
+    else:
+        user = DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer, peer=context_text)
+    return user, worked_solution(chain, target_order)
+
+
+def sample_example(
+    rng: random.Random,
+    *,
+    context_weights: Sequence[tuple[str, float]],
+    multi_share: float,
+    steps_range: tuple[int, int],
+    operand_max: int,
+    error_rate: float,
+    modulus: int,
+) -> tuple[str, str]:
+    """One example with its context kind, variant and length drawn from the mix's proportions."""
+    names, weights = zip(*context_weights)
+    context = rng.choices(names, weights)[0]
+    variant = "multi" if rng.random() < multi_share else "single"
+    steps = rng.randint(*steps_range)
+    return example(
+        rng,
+        context=context,
+        variant=variant,
+        steps=steps,
+        operand_max=operand_max,
+        error_rate=error_rate,
+        modulus=modulus,
+    )
+
+
+__all__ = ["CONTEXTS", "Chain", "corrupted_solution", "example", "order_near", "sample_example"]
