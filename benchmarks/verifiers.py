@@ -1,4 +1,4 @@
-"""Verifier throughput: GSM8K answers and HumanEval solutions verified in parallel, printed as one JSON line.
+"""Verifier throughput on the real data, verified in parallel through the reward function; one JSON line out.
 Run from the repository root: python benchmarks/verifiers.py [--gsm8k 1000] [--humaneval 164] [--workers 2]
 """
 
@@ -30,16 +30,36 @@ def gsm8k_batch(count: int, data: Path) -> tuple[list[str], list[str], list[floa
     return completions, golds, expected
 
 
-def timed_rewards(reward_func, completions: list, **columns) -> tuple[list, float]:
+def score(workers: int, completions: list, problems_or_answers, **options) -> tuple[list, float]:
+    """Rewards for a batch through the TRL reward function, and the seconds it took."""
+    reward_func = make_reward_func(num_workers=workers, **options)
+    if problems_or_answers and not isinstance(problems_or_answers[0], str):
+        problems = problems_or_answers
+        columns = dict(answer=[p.answer for p in problems], kind=[p.kind for p in problems],
+                       meta=[json.dumps(p.meta) for p in problems])  # fmt: skip
+    else:
+        columns = dict(answer=list(problems_or_answers), kind=["math"] * len(problems_or_answers))
     started = time.perf_counter()
     rewards = reward_func(prompts=[""] * len(completions), completions=completions, **columns)
-    return rewards, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    reward_func.close()
+    return rewards, seconds
+
+
+def solved(problems) -> list[str]:
+    return [f"```python\n{p.answer}\n```" for p in problems]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gsm8k", type=int, default=1000, help="GSM8K answers to verify")
-    parser.add_argument("--humaneval", type=int, default=164, help="HumanEval solutions to run")
+    parser.add_argument("--gsm8k", type=int, default=1000, help="GSM8K answers to verify (0: skip)")
+    parser.add_argument(
+        "--humaneval", type=int, default=164, help="HumanEval reference solutions to run (0: skip)"
+    )
+    parser.add_argument("--mbppplus", type=int, default=0, help="MBPP+ reference solutions to run (0: skip)")
+    parser.add_argument(
+        "--math500", type=int, default=0, help="MATH-500 golds to verify as \\boxed{gold} (0: skip)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="parallel verifier workers")
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="default: $HSD_DATA_DIR or ../shared/data"
@@ -47,28 +67,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = args.data_dir or data_dir()
     result: dict = {"workers": args.workers, "cpus": os.cpu_count()}
-
     warm_workers(args.workers)  # worker start-up (imports) is not part of the throughput
-    completions, golds, expected = gsm8k_batch(args.gsm8k, data)
-    for label, shortcut in (("gsm8k", True), ("gsm8k_mathverify", False)):
-        reward_func = make_reward_func(num_workers=args.workers, math_shortcut=shortcut)
-        rewards, seconds = timed_rewards(reward_func, completions, answer=golds, kind=["math"] * len(golds))
-        reward_func.close()
-        result[f"{label}_answers"] = len(completions)
-        result[f"{label}_answers_per_s"] = round(len(completions) / seconds, 1)
-        result[f"{label}_agree"] = sum(r == e for r, e in zip(rewards, expected)) / len(expected)
 
-    problems = load_problems(str(data / "code" / "humaneval.jsonl"), limit=args.humaneval)
-    completions = [f"```python\n{p.answer}\n```" for p in problems]
-    reward_func = make_reward_func(num_workers=args.workers)
-    rewards, seconds = timed_rewards(
-        reward_func, completions, answer=[p.answer for p in problems], kind=["code"] * len(problems),
-        meta=[json.dumps(p.meta) for p in problems],
-    )  # fmt: skip
-    reward_func.close()
-    result["humaneval_solutions"] = len(problems)
-    result["humaneval_solutions_per_s"] = round(len(problems) / seconds, 2)
-    result["humaneval_pass_rate"] = sum(r == 1.0 for r in rewards) / len(rewards)
+    if args.gsm8k:
+        completions, golds, expected = gsm8k_batch(args.gsm8k, data)
+        for label, shortcut in (("gsm8k", True), ("gsm8k_mathverify", False)):
+            rewards, seconds = score(args.workers, completions, golds, math_shortcut=shortcut)
+            result[f"{label}_answers"] = len(completions)
+            result[f"{label}_answers_per_s"] = round(len(completions) / seconds, 1)
+            result[f"{label}_agree"] = sum(r == e for r, e in zip(rewards, expected)) / len(expected)
+    if args.math500:
+        problems = load_problems(str(data / "math" / "math500.jsonl"), limit=args.math500)
+        completions = [f"So the answer is $\\boxed{{{p.answer}}}$." for p in problems]
+        rewards, seconds = score(args.workers, completions, [p.answer for p in problems], math_shortcut=False)
+        result["math500_answers"] = len(problems)
+        result["math500_answers_per_s"] = round(len(problems) / seconds, 1)
+        result["math500_self_verified"] = sum(r == 1.0 for r in rewards)
+    for name, count in (("humaneval", args.humaneval), ("mbppplus", args.mbppplus)):
+        if not count:
+            continue
+        problems = load_problems(str(data / "code" / f"{name}.jsonl"), limit=count)
+        rewards, seconds = score(args.workers, solved(problems), problems)
+        result[f"{name}_solutions"] = len(problems)
+        result[f"{name}_solutions_per_s"] = round(len(problems) / seconds, 2)
+        result[f"{name}_passed"] = sum(r == 1.0 for r in rewards)
     namespaces = [a.lstrip("-") for a in isolation()["prefix"][1:]]
     result["sandbox_namespaces"] = [n for n in namespaces if n in ("user", "net", "pid", "mount")]
     print(json.dumps(result))
