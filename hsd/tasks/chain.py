@@ -166,10 +166,11 @@ def load_chain_problems(
             raise ValueError(f"{name} must be an int in [{low}, {high or 'inf'}], got {value!r}")
     if not signs or set(signs) - {"+", "-"}:
         raise ValueError(f"signs must be a non-empty string of '+' and '-', got {signs!r}")
-    space = modulus * (operand_max * len(set(signs))) ** steps
-    if n > space // (2 * TEST_SHARE):
+    space = modulus * (operand_max * len(set(signs))) ** steps  # distinct (start, ordered operations)
+    share = {"test": 1 / TEST_SHARE, "train": 1 - 1 / TEST_SHARE, "all": 1.0}[split]
+    if n > space * share / 2:  # drawing without replacement stays quick up to half of what exists
         raise ValueError(
-            f"n = {n} is more distinct problems than steps={steps}, operand_max={operand_max} allow"
+            f"n = {n} is more than half the {split} problems with steps={steps}, operand_max={operand_max}"
         )
     rng = random.Random(f"chain:{seed}:{variant}:{steps}:{operand_max}:{signs}:{modulus}")
     problems, seen = [], set()

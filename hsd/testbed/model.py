@@ -40,6 +40,8 @@ CHAT_TEMPLATE = (
 class TestbedConfig:
     """Everything that determines the built weights; its hash (with CODE_VERSION) names the cache entry."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     seed: int = 0
     # architecture (Llama)
     hidden_size: int = 96
@@ -102,7 +104,7 @@ class TestbedConfig:
 DEFAULT_TESTBED = TestbedConfig()
 
 
-def testbed_config(seed: int = 0, **knobs) -> TestbedConfig:
+def config_from_knobs(seed: int = 0, **knobs) -> TestbedConfig:
     """The config with `knobs` changed from the defaults; an unknown knob is a ValueError naming it."""
     names = {f.name for f in dataclasses.fields(TestbedConfig)}
     unknown = sorted(set(knobs) - names)
@@ -283,7 +285,7 @@ def build_testbed_model(
     """
     from transformers import GenerationConfig
 
-    config = testbed_config(seed, **knobs)
+    config = config_from_knobs(seed, **knobs)
     root = cache_root(cache_dir)
     target = root / config.key()
     if (target / "testbed.json").exists() and not force:
