@@ -203,12 +203,12 @@ def test_form(tests: Mapping) -> str:
     raise ValueError("tests: need 'test' (HumanEval form) or 'inputs'/'base_input' (MBPP+ form)")
 
 
-_expected_cache: dict[str, list] = {}
+_expected_cache: dict[str, list | RuntimeError] = {}
 _expected_locks: dict[str, threading.Lock] = {}
 _expected_lock = threading.Lock()
 
 
-def expected_outputs(tests: Mapping, *, timeout: float = 20.0) -> list[dict]:
+def expected_outputs(tests: Mapping, *, timeout: float = 60.0) -> list[dict]:
     """The canonical solution's output for every input (run in the sandbox once, then cached in memory)."""
     if "expected" in tests:
         return [{"ok": sandbox_runner.encode(value)} for value in tests["expected"]]
@@ -222,12 +222,17 @@ def expected_outputs(tests: Mapping, *, timeout: float = 20.0) -> list[dict]:
         key_lock = _expected_locks.setdefault(key, threading.Lock())
     with key_lock:  # rollouts of one problem arrive together: compute once, the others wait
         if key not in _expected_cache:
-            _expected_cache[key] = _reference_outputs(canonical, tests, inputs, timeout)
+            try:
+                _expected_cache[key] = _reference_outputs(canonical, tests, inputs, timeout)
+            except RuntimeError as exc:
+                _expected_cache[key] = exc  # a failing reference fails every rollout: run it once
+    if isinstance(_expected_cache[key], RuntimeError):
+        raise _expected_cache[key]
     return _expected_cache[key]
 
 
 def _reference_outputs(canonical: str, tests: Mapping, inputs: list[list], timeout: float) -> list[dict]:
-    job = _job(canonical, tests, "inputs", timeout=timeout, total_timeout=max(120.0, timeout), memory_mb=4096)
+    job = _job(canonical, tests, "inputs", timeout=timeout, total_timeout=max(600.0, timeout), memory_mb=4096)
     job["inputs"] = [sandbox_runner.encode(args) for args in inputs]
     result = _run_job(job)
     outputs = result.get("outputs")
@@ -258,6 +263,14 @@ def _job(code: str, tests: Mapping, mode: str, **limits) -> dict:
     return job
 
 
+TEST_KEYS = ("test", "inputs", "expected", "atol", "test_timeouts", "mbpp")  # sent after the program's fork
+
+
+def _job_part(part: dict) -> bytes:
+    data = json.dumps(part).encode()
+    return sandbox_runner.JOB_HEADER.pack(len(data)) + data
+
+
 @lru_cache(maxsize=1)
 def _interpreter_paths() -> list[str]:
     """The standard library and site-packages of this interpreter (the sandbox skips `site` to start fast)."""
@@ -274,7 +287,8 @@ def _run_job(job: dict) -> dict:
     prefix = available["prefix"]
     workdir = tempfile.mkdtemp(prefix="hsd-sandbox-")
     uid = _pick_uid(available["uids"]) if available["uids"] else None
-    job = dict(job, workdir=workdir, uid=uid, namespaces=[a[2:] for a in prefix[1:]])
+    unique_uid = uid is not None and available["uids"][1] - available["uids"][0] > 1
+    job = dict(job, workdir=workdir, uid=uid, unique_uid=unique_uid, namespaces=[a[2:] for a in prefix[1:]])
     job["private_mounts"] = "--mount" in prefix
     if uid is not None and not job["private_mounts"]:
         os.chown(workdir, uid, uid)
@@ -299,7 +313,9 @@ def _run_job(job: dict) -> dict:
             cwd=workdir, env=env, start_new_session=True,
         )  # fmt: skip
         try:
-            stdout, stderr = process.communicate(json.dumps(job).encode(), timeout=job["total_timeout"] + 15)
+            stdin = _job_part({k: v for k, v in job.items() if k not in TEST_KEYS})
+            stdin += _job_part({k: v for k, v in job.items() if k in TEST_KEYS})
+            stdout, stderr = process.communicate(stdin, timeout=job["total_timeout"] + 15)
         except subprocess.TimeoutExpired:
             return {"judge_error": f"the sandbox did not finish within {job['total_timeout'] + 15:g} s"}
         try:
@@ -315,7 +331,6 @@ def _run_job(job: dict) -> dict:
             except (ProcessLookupError, PermissionError):
                 pass
             process.wait()
-        unique_uid = uid is not None and available["uids"][1] - available["uids"][0] > 1
         if unique_uid and not (finished and process.returncode == 0):  # the judge did not clean up itself
             _kill_uid(uid)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -129,8 +129,10 @@ class VerifierReward:
         for row, verdict in enumerate(verdicts):
             self.counts[verdict.reason] += 1
             if verdict.reason == UNCOMPUTED:
-                logger.warning("verifier_reward: row %d (kind %s): reward not computed: %s", row, kinds[row],
-                               verdict.feedback)  # fmt: skip
+                logger.warning(
+                    "verifier_reward: row %d (kind %s): reward not computed: %s", row, kinds[row],
+                    verdict.feedback[:1000],
+                )  # fmt: skip
                 rewards.append(None)
             else:
                 rewards.append(float(verdict.reward))

@@ -308,9 +308,8 @@ def _no_new_privileges() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(
-            38, 1, 0, 0, 0
-        )  # PR_SET_NO_NEW_PRIVS: setuid binaries stay inert
+        # PR_SET_NO_NEW_PRIVS: setuid binaries stay inert
+        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -512,7 +511,7 @@ class Run:
         self.passed = 0
         self.first_failure: dict | None = None
         self.stopped: str | None = None
-        self.total = len(job.get("inputs") or [])
+        self.total = 0
         self.total_deadline = time.monotonic() + job["total_timeout"]
         self.deadline = self.total_deadline
 
@@ -604,6 +603,7 @@ def run_inputs(job: dict, candidate: Candidate, run: Run) -> list | None:
     expected = job.get("expected")
     outputs = [] if expected is None else None
     limits = job.get("test_timeouts") or [job["timeout"]] * len(job["inputs"])
+    run.total = len(job["inputs"])
     for index, args_tree in enumerate(job["inputs"]):
         run.begin(
             f"{job['entry_point']}({', '.join(brief(a, 120) for a in decode(args_tree))})", limits[index]
@@ -763,8 +763,10 @@ def judge(job: dict) -> dict:
             pass
     _become_subreaper()
     run = Run(job)
-    candidate = Candidate(job, output_fd)
+    candidate = Candidate(job, output_fd)  # forked before the tests are read: it never holds them
     os.close(output_fd)
+    job.update(read_job_part())
+    _not_dumpable()
     try:
         load_deadline = min(time.monotonic() + job["timeout"], run.total_deadline)
         try:
@@ -780,7 +782,7 @@ def judge(job: dict) -> dict:
             result["outputs"] = run_inputs(job, candidate, run)
     finally:
         candidate.kill()
-        _kill_everything_of(job.get("uid"))
+        _kill_everything_of(job.get("uid") if job.get("unique_uid") else None)
     result.update(
         tests=run.total, passed=run.passed, first_failure=run.first_failure,
         stopped=result.get("stopped") or run.stopped,
@@ -793,8 +795,27 @@ def judge(job: dict) -> dict:
     return result
 
 
+JOB_HEADER = struct.Struct("!Q")
+
+
+def read_job_part() -> dict:
+    """One length-prefixed JSON part of the job from stdin, read exactly (nothing beyond it is buffered)."""
+    (size,) = JOB_HEADER.unpack(_receive_exact(0, JOB_HEADER.size, None))
+    return json.loads(_receive_exact(0, size, None))
+
+
+def _not_dumpable() -> None:
+    """Keep the judge's memory (the expected outputs) out of reach of same-uid processes (ptrace, /proc/mem)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
-    job = json.loads(sys.stdin.buffer.read())
+    job = read_job_part()  # the program and the limits; the tests follow once the program's process exists
     sys.path[:] = [p for p in job.get("sys_path", []) if p] or sys.path
     out = os.dup(1)
     try:

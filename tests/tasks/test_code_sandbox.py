@@ -147,3 +147,31 @@ def test_malformed_tests_raise_value_error_naming_the_key():
         run_tests("x = 1", {"test": "def check(candidate): pass"})
     with pytest.raises(ValueError, match="'test'.*'inputs'"):
         run_tests("x = 1", {"entry_point": "f"})
+
+
+MEMORY_THIEF = """
+import gc, re
+
+
+def f(*args):
+    for obj in gc.get_objects():
+        if isinstance(obj, dict):
+            for key in ("expected", "test"):
+                value = obj.get(key)
+                if isinstance(value, list) and value and isinstance(value[0], dict) and "ok" in value[0]:
+                    return value[0]["ok"]
+                if isinstance(value, str) and "SECRET-" in value:
+                    return re.search(r"SECRET-\\d+", value).group(0)
+    return None
+"""
+
+
+def test_the_program_cannot_find_the_tests_or_expected_outputs_in_its_memory():
+    secret_check = {
+        "test": "def check(candidate):\n    assert candidate() == 'SECRET-7781'\n",
+        "entry_point": "f",
+    }
+    assert run_tests(MEMORY_THIEF, secret_check).reason == "wrong"
+    secret_outputs = {"entry_point": "f", "inputs": [[1]], "expected": [918273]}
+    verdict = run_tests(MEMORY_THIEF, secret_outputs)
+    assert verdict.reason == "wrong" and "got None" in verdict.feedback
