@@ -187,6 +187,17 @@ class HSDConfig(GRPOConfig):
     skip_undistilled_teacher: bool = field(
         default=True, metadata={"help": "Run no teacher pass for rollouts that get no distillation."}
     )
+    teacher_prefix_cache: bool = field(
+        default=True,
+        metadata={"help": "Run each distinct teacher prefix (prompt + context) once and share its KV cache."},
+    )
+    teacher_inference_mode: bool = field(
+        default=True, metadata={"help": "Run the teacher pass under torch.inference_mode (else no_grad)."}
+    )
+    analytic_distill_head: bool = field(
+        default=True,
+        metadata={"help": "Student head for Eq. 13 with a worked-out gradient (else autograd on chunks)."},
+    )
     answer_column: str = field(
         default="answer", metadata={"help": "Dataset column holding the gold answer a* (teacher context)."}
     )
@@ -229,6 +240,8 @@ class HSDConfig(GRPOConfig):
             raise ValueError(f"HSDConfig.rlsd_eps={self.rlsd_eps} must be in (0, 1)")
         if self.divergence_chunk_size < 1:
             raise ValueError("HSDConfig.divergence_chunk_size must be >= 1")
+        if self.use_cpu and self.bf16 is None:
+            self.bf16 = False  # TRL defaults to bf16 autocast, which is slow on most CPUs
         super().__post_init__()
 
     @property

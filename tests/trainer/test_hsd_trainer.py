@@ -16,6 +16,7 @@ COMMON = dict(
     per_device_train_batch_size=16,
     num_generations=GROUP,
     max_completion_length=16,
+    bf16=False,
     max_steps=1,
     report_to=[],
     use_cpu=True,
