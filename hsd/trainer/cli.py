@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _parse_overrides(tokens: list[str]) -> dict:
         token = tokens[i]
         if not token.startswith("--"):
             raise ValueError(f"unexpected argument {token!r}: overrides are --field value")
-        key = token[2:].replace("-", "_")
+        key = token[2:]
         if "=" in key:
             key, value = key.split("=", 1)
             i += 1
@@ -50,8 +51,21 @@ def _parse_overrides(tokens: list[str]) -> dict:
             value, i = tokens[i + 1], i + 2
         else:
             value, i = "true", i + 1
-        out[key] = yaml.safe_load(value)
+        out[key.replace("-", "_")] = _scalar(value)
     return out
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _scalar(value):
+    """A value as YAML reads it, except that 1e-3 is a number (YAML 1.1 would keep it a string)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return (
+            int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+        )
+    return yaml.safe_load(value) if isinstance(value, str) else value
 
 
 def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = None):
@@ -68,7 +82,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a recipe is a YAML mapping of field: value")
-        values.update(loaded)
+        values.update({key: _scalar(value) for key, value in loaded.items()})
     values.update(overrides if isinstance(overrides, dict) else _parse_overrides(list(overrides or [])))
     known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)
