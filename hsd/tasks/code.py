@@ -305,7 +305,7 @@ def _run_job(job: dict) -> dict:
         "MKL_NUM_THREADS": "1",
     }
     job["sys_path"] = _interpreter_paths()
-    command = [*prefix, sys.executable, "-I", "-S", str(RUNNER)]
+    command = [*prefix, sys.executable, "-S", "-s", "-P", str(RUNNER)]  # not -I: it drops PYTHONHASHSEED
     process = None
     try:
         process = subprocess.Popen(

@@ -109,13 +109,12 @@ def test_exiting_early_is_not_a_pass():
 
 
 def test_huge_return_values_are_compared_by_digest():
-    tests = {
-        "entry_point": "f",
-        "inputs": [[300_000]],
-        "canonical_solution": "def f(n):\n    return list(range(n))\n",
-    }
-    assert run_tests("def f(n):\n    return [i for i in range(n)]\n", tests).reason == "correct"
-    assert run_tests("def f(n):\n    return list(range(n - 1)) + [0]\n", tests).reason == "wrong"
+    reference = "def f(n):\n    return [(str(i), {i: [i]}) for i in range(n)]\n"
+    tests = {"entry_point": "f", "inputs": [[50_000]], "canonical_solution": reference}  # > MAX_VALUES parts
+    same = "def f(n):\n    return [(f'{i}', {i: [float(i)]}) for i in range(n)]\n"
+    assert run_tests(same, tests).reason == "correct"
+    differs = "def f(n):\n    return [(str(i), {i: [i + (i == 7)]}) for i in range(n)]\n"
+    assert run_tests(differs, tests).reason == "wrong"
 
 
 def test_float_outputs_are_compared_with_tolerance():
