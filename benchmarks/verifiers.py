@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{name}_solutions"] = len(problems)
         result[f"{name}_solutions_per_s"] = round(len(problems) / seconds, 2)
         result[f"{name}_passed"] = sum(r == 1.0 for r in rewards)
+        result[f"{name}_failed"] = [p.id for p, r in zip(problems, rewards) if r != 1.0]
     namespaces = [a.lstrip("-") for a in isolation()["prefix"][1:]]
     result["sandbox_namespaces"] = [n for n in namespaces if n in ("user", "net", "pid", "mount")]
     print(json.dumps(result))
