@@ -292,7 +292,7 @@ def compare(
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML recipe shared by every run (see configs/)")
     parser.add_argument("--methods", default="hsd,grpo", help="comma-separated method presets")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0 .. N-1)")
+    parser.add_argument("--seeds", default="3", help="number of seeds N (0 .. N-1), or a list such as 0,2")
     parser.add_argument("--out", default="runs/compare", help="output directory")
     parser.add_argument("--eval-dataset", default=None, help="held-out dataset spec (default: none)")
     parser.add_argument("--eval-limit", type=int, default=128, help="held-out problems")
