@@ -49,6 +49,18 @@ def verify_problem(problem: Problem, completion: str) -> Verdict:
     return verify(problem.kind, completion, answer=problem.answer, meta=problem.meta)
 
 
+def verify_last_number(problem: Problem, completion: str) -> Verdict:
+    """math-verify on the last \\boxed{} or else the last number of the reply, whatever the task's kind: for
+    terse numeric tasks whose own scorer wants a format a small model rarely follows."""
+    from hsd.tasks.math import verify_math
+
+    return verify_math(completion, problem.answer, fallback="last_number")
+
+
+# --verifier NAME: the task's own verifier, or the last number of the reply
+VERIFIERS: dict[str, Verifier] = {"task": verify_problem, "last-number": verify_last_number}
+
+
 def verify_all(
     problems: Sequence[Problem], completions: Sequence[Sequence[str]], verifier: Verifier, workers: int = 2
 ) -> list[list[Verdict]]:
@@ -287,6 +299,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences generated at once (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--verifier", choices=sorted(VERIFIERS), default="task",
+                        help="task: the task's own verifier (default); last-number: math-verify on the last "
+                             "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
     parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -316,9 +331,10 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         out_dir=args.out,
+        verifier=VERIFIERS[args.verifier],
         verify_workers=args.verify_workers,
         progress=not args.quiet,
-        info={"model": args.model, "dataset": args.dataset, "limit": args.limit},
+        info={"model": args.model, "dataset": args.dataset, "limit": args.limit, "verifier": args.verifier},
     )
     print(format_summary(summary), file=sys.stderr)
     print(json.dumps({key: summary[key] for key in ("pass@1", "pass@k", "greedy", "n_done", "n_problems")}))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hsd.analysis.credit import CONTEXTS, PEER_RULES, WIDTHS, collect, credit_tables
 from hsd.analysis.report import write_report
-from hsd.eval import Verifier, verify_problem
+from hsd.eval import VERIFIERS, Verifier, verify_problem
 from hsd.sampling import SamplingSettings
 from hsd.tasks.problem import Problem
 from hsd.templates import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
@@ -141,6 +141,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
     parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
     parser.add_argument("--report-rollouts", type=int, default=60, help="rollouts shown in report.html")
+    parser.add_argument("--verifier", choices=sorted(VERIFIERS), default="task",
+                        help="task: the task's own verifier (default); last-number: math-verify on the last "
+                             "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
     parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -178,10 +181,11 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         batch_tokens=args.batch_tokens,
         max_peer_tokens=args.max_peer_tokens,
+        verifier=VERIFIERS[args.verifier],
         verify_workers=args.verify_workers,
         max_report_rollouts=args.report_rollouts,
         progress=not args.quiet,
-        info={"model": args.model, "dataset": args.dataset},
+        info={"model": args.model, "dataset": args.dataset, "verifier": args.verifier},
     )
     total = time.perf_counter() - start
     counts = credit["counts"]

@@ -303,6 +303,76 @@ def _counts(rollouts: Sequence[FailedRollout], groups: Sequence[GroupOutcome]) -
 
 
 # ------------------------------------------------------------------------------------- the model side
+def _token_logps(
+    hidden_TH: torch.Tensor, completion: Sequence[int], lm_head, temperature: float
+) -> list[float]:
+    """log p(o_t) from the hidden states that predict each completion token."""
+    logits_TV = lm_head(hidden_TH).float() / temperature
+    targets = torch.tensor(list(completion), device=logits_TV.device)
+    return torch.log_softmax(logits_TV, dim=-1).gather(-1, targets[:, None])[:, 0].cpu().tolist()
+
+
+def _batches(lengths: dict[int, int], batch_tokens: int) -> list[list[int]]:
+    """Indices in order of length, cut into batches of at most `batch_tokens` padded tokens (one at least)."""
+    order = sorted(lengths, key=lengths.get)
+    batches, current = [], []
+    for i in order:
+        if current and lengths[i] * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def _right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[b, : len(row)] = 1
+    return input_ids, attention
+
+
+def _whole_sequences(model, lm_head, sequences, indices, out, temperature, batch_tokens, device) -> None:
+    """Each [prompt ; completion] in one right-padded pass (positions unchanged by the padding)."""
+    lengths = {i: len(sequences[i][0]) + len(sequences[i][1]) for i in indices}
+    for batch in _batches(lengths, batch_tokens):
+        input_ids, attention = _right_padded([list(sequences[i][0]) + list(sequences[i][1]) for i in batch])
+        hidden_BLH = model.base_model(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
+        ).last_hidden_state
+        for b, i in enumerate(batch):
+            prompt_len, completion = len(sequences[i][0]), sequences[i][1]
+            # the hidden state at position j predicts token j + 1
+            out[i] = _token_logps(hidden_BLH[b, prompt_len - 1 : prompt_len - 1 + len(completion)], completion,
+                                  lm_head, temperature)  # fmt: skip
+
+
+def _shared_prompt(
+    model, lm_head, prompt, sequences, indices, out, temperature, batch_tokens, device
+) -> None:
+    """Completions that share one prompt: the prompt is run once per batch and its KV cache repeated."""
+    lengths = {i: len(prompt) + len(sequences[i][1]) for i in indices}
+    for batch in _batches(lengths, batch_tokens):
+        prompt_pass = model.base_model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
+        cache = prompt_pass.past_key_values
+        cache.batch_repeat_interleave(len(batch))
+        input_ids, attention = _right_padded([list(sequences[i][1]) for i in batch])
+        attention = torch.cat([torch.ones((len(batch), len(prompt)), dtype=torch.long), attention], dim=1)
+        hidden_BTH = model.base_model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        last_prompt_H = prompt_pass.last_hidden_state[0, -1]  # predicts the first completion token
+        for b, i in enumerate(batch):
+            completion = sequences[i][1]
+            hidden_TH = torch.cat([last_prompt_H[None], hidden_BTH[b, : len(completion) - 1]])
+            out[i] = _token_logps(hidden_TH, completion, lm_head, temperature)
+
+
 @torch.no_grad()
 def completion_logprobs(
     model,
@@ -310,51 +380,35 @@ def completion_logprobs(
     *,
     temperature: float = 1.0,
     batch_tokens: int = 8192,
+    share_prompts: bool = True,
 ) -> list[list[float]]:
     """log p(o_t | prompt, o_<t) for every completion token of each (prompt ids, completion ids) pair.
 
-    Batches of similar length, right-padded (positions unchanged), at most `batch_tokens` padded tokens
-    each; logits divided by `temperature` as in the trainer's log-probs. Only the completion positions go
-    through the LM head.
+    Batches of similar length, right-padded, at most about `batch_tokens` padded tokens each; logits divided
+    by `temperature` as in the trainer's log-probs; only completion positions go through the LM head. With
+    `share_prompts`, completions with the same prompt (a group's student prompt, its answer-only teacher
+    prompt, the teacher prompt of one peer) reuse one pass over that prompt through its KV cache.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    for i, (prompt, _) in enumerate(sequences):
+        if len(prompt) == 0:
+            raise ValueError(f"sequences[{i}] has an empty prompt: the first token has no prediction")
     device = next(model.parameters()).device
     lm_head = model.get_output_embeddings()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     out: list[list[float]] = [[] for _ in sequences]
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order):
-            width = max(len(sequences[i][0]) + len(sequences[i][1]) for i in order[start : end + 1])
-            if width * (end + 1 - start) > batch_tokens:
-                break
-            end += 1
-        batch = order[start:end]
-        start = end
-        rows = [list(sequences[i][0]) + list(sequences[i][1]) for i in batch]
-        width = max(len(r) for r in rows)
-        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            input_ids[b, : len(row)] = torch.tensor(row)
-            attention[b, : len(row)] = 1
-        hidden_BLH = model.base_model(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
-        ).last_hidden_state
-        for b, i in enumerate(batch):
-            prompt_len, completion = len(sequences[i][0]), list(sequences[i][1])
-            if not completion:
-                continue
-            if prompt_len == 0:
-                raise ValueError(f"sequences[{i}] has an empty prompt: the first token has no prediction")
-            # the hidden state at position j predicts token j + 1
-            hidden_TH = hidden_BLH[b, prompt_len - 1 : prompt_len - 1 + len(completion)]
-            logits_TV = lm_head(hidden_TH).float() / temperature
-            targets = torch.tensor(completion, device=logits_TV.device)
-            logps = torch.log_softmax(logits_TV, dim=-1).gather(-1, targets[:, None])[:, 0]
-            out[i] = logps.cpu().tolist()
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, completion) in enumerate(sequences):
+        if len(completion):
+            by_prompt.setdefault(tuple(prompt), []).append(i)
+    alone = []
+    for prompt, indices in by_prompt.items():
+        if share_prompts and len(indices) > 1:
+            _shared_prompt(model, lm_head, prompt, sequences, indices, out, temperature, batch_tokens, device)
+        else:
+            alone.extend(indices)
+    if alone:
+        _whole_sequences(model, lm_head, sequences, alone, out, temperature, batch_tokens, device)
     return out
 
 

@@ -142,10 +142,10 @@ def test_credit_json_has_no_nan():
 
 
 # ------------------------------------------------------------------------ the model side, on a tiny model
-def _full_logprobs(model, ids: list[int], n_completion: int) -> list[float]:
+def _full_logprobs(model, ids: list[int], n_completion: int, temperature: float = 1.0) -> list[float]:
     """log p of the last n_completion tokens from one unpadded forward (independent of the batched code)."""
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float()
+        logits = model(torch.tensor([ids])).logits[0].float() / temperature
     logps = torch.log_softmax(logits, dim=-1)
     start = len(ids) - n_completion
     return [float(logps[t - 1, ids[t]]) for t in range(start, len(ids))]
@@ -186,3 +186,23 @@ def test_score_rollouts_uses_the_trained_teachers_sequences(tiny_model_dir):
             assert r.teacher_logps[context] == pytest.approx(expected, abs=1e-5), context
             a = r.credit(context)
             assert len(a) == len(ids) and all(math.isfinite(x) for x in a)
+
+
+def test_shared_prompt_passes_equal_whole_sequence_passes(tiny_model_dir):
+    from hsd.analysis.credit import completion_logprobs
+    from hsd.models import load_model
+
+    model = load_model(str(tiny_model_dir))
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(5, 90, (n,), generator=gen).tolist()  # noqa: E731
+    prompts = [ids(7), ids(12)]
+    sequences = [(prompts[k % 2], ids(1 + 3 * k)) for k in range(7)] + [(ids(5), ids(4)), (prompts[0], [])]
+    shared = completion_logprobs(model, sequences, batch_tokens=40, temperature=0.7)
+    whole = completion_logprobs(model, sequences, batch_tokens=40, temperature=0.7, share_prompts=False)
+    assert [len(x) for x in shared] == [len(c) for _, c in sequences]
+    for a, b, (prompt, completion) in zip(shared, whole, sequences):
+        assert a == pytest.approx(b, abs=1e-5)
+        if completion:
+            assert a == pytest.approx(
+                _full_logprobs(model, prompt + completion, len(completion), 0.7), abs=1e-5
+            )
