@@ -43,7 +43,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     _add_model_args(build)
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.add_argument(
-        "--log-every", type=int, default=50, help="print the loss every N steps to stderr (0: off)"
+        "--log-every", type=int, default=100, help="print the loss every N steps to stderr (0: off)"
+    )
+    build.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: 2, or 1 on a busy machine)"
     )
     measure = sub.add_parser("measure", help="initial p and tau against the true error position, as JSON")
     _add_model_args(measure)
@@ -65,14 +68,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--sample-seed", type=int, default=0, help="seed of the problems and the sampling")
 
 
-def _build(args: argparse.Namespace, log_every: int = 0, force: bool = False):
+def _build(args: argparse.Namespace, log_every: int = 0, force: bool = False, threads: int | None = None):
     from contextlib import redirect_stdout
 
     from hsd.testbed.model import build_testbed_model
 
     with redirect_stdout(sys.stderr):  # stdout carries only the result
         return build_testbed_model(
-            args.seed, cache_dir=args.cache_dir, force=force, log_every=log_every, **dict(args.knob)
+            args.seed,
+            cache_dir=args.cache_dir,
+            force=force,
+            log_every=log_every,
+            threads=threads,
+            **dict(args.knob),
         )
 
 
@@ -80,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         if args.action == "build":
-            path = _build(args, log_every=args.log_every, force=args.force)
+            path = _build(args, log_every=args.log_every, force=args.force, threads=args.threads)
             print(f"testbed ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
             print(path)
             return 0

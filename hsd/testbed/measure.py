@@ -14,11 +14,19 @@ import torch
 from hsd.core.divergence import first_divergence
 from hsd.tasks.chain import load_chain_problems, verify_chain
 from hsd.tasks.problem import Problem
+from hsd.testbed.model import torch_threads
 
 
 def _completion_ids(row: list[int], eos_id: int) -> list[int]:
     """The sampled tokens up to (not including) the first eos."""
     return row[: row.index(eos_id)] if eos_id in row else row
+
+
+def completion_text(ids: list[int], tokenizer) -> str:
+    """The completion's text, one character per token: a special token sampled mid-completion (<pad>,
+    <|user|>, ...) becomes U+FFFD, so character offsets stay token positions and the verifier rejects it."""
+    special = set(tokenizer.all_special_ids)
+    return "".join("\ufffd" if i in special else tokenizer.convert_ids_to_tokens(i) for i in ids)
 
 
 @torch.no_grad()
@@ -39,8 +47,8 @@ def sample_completions(
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (sampling), got {temperature}")
-    if max_new_tokens is None:  # a worked line is 9 characters, the answer line 10; leave room to wander
-        max_new_tokens = 2 * (9 * max(len(p.meta["ops"]) for p in problems) + 10)
+    if max_new_tokens is None:  # every correct worked solution is as long as the reference; a little slack
+        max_new_tokens = max(len(p.reference or "") for p in problems) + 8
     prompts_N = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=False
@@ -52,25 +60,26 @@ def sample_completions(
     rows: list[list[int]] = []
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        for start in range(0, len(prompts_N), batch_size):
-            batch = tokenizer(
-                prompts_N[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            )
-            out = model.generate(
-                **batch,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
-            rows.extend(_completion_ids(row, tokenizer.eos_token_id) for row in new_tokens)
+        with torch_threads():
+            for start in range(0, len(prompts_N), batch_size):
+                batch = tokenizer(
+                    prompts_N[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                )
+                out = model.generate(
+                    **batch,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=0,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
+                rows.extend(_completion_ids(row, tokenizer.eos_token_id) for row in new_tokens)
     finally:
         tokenizer.padding_side = padding_side
     return [rows[i : i + group_size] for i in range(0, len(rows), group_size)]
@@ -93,10 +102,10 @@ def divergence_stats(
     rewards, reasons, fully_correct_peers = [], {}, []
     hits = pairs_total = pair_hits = before = after = failed_with_peer = 0
     taus, errors = [], []
-    char_mismatch = 0
+    specials = 0
     for problem, group in zip(problems, ids_PG):
-        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in group]
-        char_mismatch += sum(len(text) != len(ids) for text, ids in zip(texts, group))
+        texts = [completion_text(ids, tokenizer) for ids in group]
+        specials += sum("\ufffd" in text for text in texts)
         verdicts = [verify_chain(text, problem) for text in texts]
         for verdict in verdicts:
             rewards.append(verdict.reward)
@@ -135,7 +144,7 @@ def divergence_stats(
         "peers_fully_correct": _share(sum(fully_correct_peers), len(fully_correct_peers)),
         "median_tau": _median(taus),
         "median_error_char": _median(errors),
-        "token_char_mismatches": char_mismatch,  # decoded length != token count: must be 0
+        "rollouts_with_special_tokens": specials,  # a special token sampled mid-completion: malformed
     }
 
 

@@ -14,6 +14,7 @@ import shutil
 import string
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,9 +202,32 @@ def _batches(config: TestbedConfig, tokenizer):
             yield input_ids, labels
 
 
-def pretrain(config: TestbedConfig, tokenizer, log_every: int = 0):
+def default_threads() -> int:
+    """Two threads on an idle machine, one on a busy one: on a loaded 2-core machine, OpenMP threads that
+    wait on each other make a step ten times slower. The pretrained weights do not depend on it."""
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] >= cores else min(2, cores)
+
+
+@contextmanager
+def torch_threads(threads: int | None = None):
+    """Run the block with `threads` torch threads (default: default_threads()), then restore the count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def pretrain(config: TestbedConfig, tokenizer, log_every: int = 0, threads: int | None = None):
     """A freshly initialised Llama trained on the mix (loss on the assistant's tokens only); returns
-    (model, stats). Deterministic given config.seed on CPU with a fixed thread count."""
+    (model, stats). Deterministic given config.seed on CPU (the same weights with 1 or 2 threads)."""
+    with torch_threads(threads):
+        return _pretrain(config, tokenizer, log_every)
+
+
+def _pretrain(config: TestbedConfig, tokenizer, log_every: int):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(config.seed)
@@ -275,6 +299,7 @@ def build_testbed_model(
     cache_dir: str | os.PathLike | None = None,
     force: bool = False,
     log_every: int = 0,
+    threads: int | None = None,
     **knobs,
 ) -> Path:
     """The directory of the testbed model for (seed, knobs), pretraining it on first use.
@@ -292,7 +317,7 @@ def build_testbed_model(
         return target
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    model, stats = pretrain(config, tokenizer, log_every=log_every)
+    model, stats = pretrain(config, tokenizer, log_every=log_every, threads=threads)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hsd.tasks.chain import Chain, chain_problem
-from hsd.testbed.measure import coverage, divergence_stats, measure_testbed
+from hsd.testbed.measure import completion_text, coverage, divergence_stats, measure_testbed
 from hsd.testbed.model import build_testbed_model, build_tokenizer
 
 CORRECT = "7+3=0\n0-1=9\n9+2=1\n1-3=8\nAnswer: 8"
@@ -25,7 +25,20 @@ def test_single_path_failures_diverge_from_their_peer_at_the_error():
     assert stats["tau_equals_error"] == 1.0 and stats["tau_equals_error_all_pairs"] == 1.0
     assert stats["peers_fully_correct"] == 1.0
     assert stats["reasons"] == {"correct": 2, "no_answer": 1, "wrong": 1}
-    assert stats["token_char_mismatches"] == 0
+    assert stats["rollouts_with_special_tokens"] == 0
+
+
+def test_a_special_token_mid_completion_keeps_characters_aligned_with_tokens():
+    tokenizer = build_tokenizer()
+    ids = tokenizer.encode("7+3=0\n0", add_special_tokens=False) + [tokenizer.pad_token_id]
+    ids += tokenizer.encode("-1=9", add_special_tokens=False)
+    text = completion_text(ids, tokenizer)
+    assert len(text) == len(ids) and text[7] == "\ufffd"
+    problem = chain_problem(Chain(7, (3, -1, 2, -3), "single"))
+    stats = divergence_stats(
+        [problem], [[ids, tokenizer.encode(CORRECT, add_special_tokens=False)]], tokenizer
+    )
+    assert stats["rollouts_with_special_tokens"] == 1 and stats["tau_equals_error"] == 1.0
 
 
 def test_multi_path_failure_in_another_order_diverges_before_its_error():
@@ -60,4 +73,3 @@ def test_default_model_success_rate_is_in_the_documented_band():
     result = measure_testbed(model_dir, variant="single", problems=256, group_size=8)
     assert 0.2 <= result["p"] <= 0.55, result
     assert result["tau_equals_error"] >= 0.9, result
-    assert result["token_char_mismatches"] == 0
