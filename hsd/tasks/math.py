@@ -41,15 +41,42 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{...} (or \\fbox{...}) whose braces balance; None when there is none."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
     openings = [m.end() - 1 for m in _BOX_OPEN.finditer(text)]
     if not openings:
         return None
-    matches = _matching_braces(text[openings[0] :])
-    for brace in reversed(openings):
+    last = openings[-1]
+    close = _matching_braces(text[last:]).get(0)  # the usual case: the last box is balanced
+    if close is not None:
+        return text[last + 1 : last + close].strip()
+    matches = _matching_braces(text[openings[0] :])  # one linear pass serves every earlier box
+    for brace in reversed(openings[:-1]):
         close = matches.get(brace - openings[0])
         if close is not None:
             return text[brace + 1 : close + openings[0]].strip()
     return None
+
+
+def _last_number(text: str) -> str | None:
+    """The last number in the text, searching growing tails so a long text costs little."""
+    end = max(text.rfind(digit) for digit in "0123456789")  # C-speed scans; the regex only sees the tail
+    if end < 0:
+        return None
+    text, size = text[: end + 1], 256
+    while True:
+        tail = text[-size:]
+        last = None
+        for last in _NUMBER.finditer(tail):  # noqa: B007 - keep the last match
+            pass
+        whole = size >= len(text)
+        if last is not None and (
+            whole or (last.start() > 0 and tail[last.start() - 1] not in "0123456789,.-")
+        ):
+            return last.group(0)
+        if whole:
+            return None
+        size *= 16
 
 
 def extract_answer(completion: str | bytes, fallback: str = "last_number") -> str | None:
@@ -64,10 +91,7 @@ def extract_answer(completion: str | bytes, fallback: str = "last_number") -> st
     if boxed is not None:
         return boxed
     if fallback == "last_number":
-        last = None
-        for last in _NUMBER.finditer(text):  # noqa: B007 - keep the last match
-            pass
-        return last.group(0) if last else None
+        return _last_number(text)
     return None
 
 
