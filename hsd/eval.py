@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hsd.sampling import SamplingSettings, decode, eos_ids, generate, progress_bar, prompt_ids
+from hsd.sampling import (
+    SamplingSettings,
+    decode,
+    eos_ids,
+    generate,
+    progress_bar,
+    prompt_ids,
+    set_cpu_threads,
+)
 from hsd.tasks.problem import Problem, Verdict
 
 SAMPLES_FILE = "samples.jsonl"
@@ -304,6 +312,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
     parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, or 1 when the machine is already busy)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -317,6 +327,7 @@ def main(args: argparse.Namespace) -> int:
         args.dataset, split=args.split, limit=args.limit, instruction=args.instruction, seed=args.seed
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = set_cpu_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
     summary = evaluate(
@@ -334,7 +345,14 @@ def main(args: argparse.Namespace) -> int:
         verifier=VERIFIERS[args.verifier],
         verify_workers=args.verify_workers,
         progress=not args.quiet,
-        info={"model": args.model, "dataset": args.dataset, "limit": args.limit, "verifier": args.verifier},
+        info={
+            "model": args.model,
+            "dataset": args.dataset,
+            "limit": args.limit,
+            "verifier": args.verifier,
+            "device": device,
+            "threads": threads,
+        },
     )
     print(format_summary(summary), file=sys.stderr)
     print(json.dumps({key: summary[key] for key in ("pass@1", "pass@k", "greedy", "n_done", "n_problems")}))

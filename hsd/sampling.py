@@ -135,6 +135,20 @@ def decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads: `threads`, else 1 when the load average already fills every core (OpenMP
+    threads that wait on each other make a busy machine several times slower), else torch's default."""
+    import os
+
+    if threads is None and os.getloadavg()[0] >= (os.cpu_count() or 1):
+        threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def progress_bar(total: int, desc: str, enabled: bool = True):
     """A tqdm bar on stderr (a no-op object when disabled)."""
     from tqdm.auto import tqdm

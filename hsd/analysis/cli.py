@@ -14,7 +14,7 @@ from pathlib import Path
 from hsd.analysis.credit import CONTEXTS, PEER_RULES, WIDTHS, collect, credit_tables
 from hsd.analysis.report import write_report
 from hsd.eval import VERIFIERS, Verifier, verify_problem
-from hsd.sampling import SamplingSettings
+from hsd.sampling import SamplingSettings, set_cpu_threads
 from hsd.tasks.problem import Problem
 from hsd.templates import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
@@ -146,6 +146,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
     parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, or 1 when the machine is already busy)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -162,6 +164,7 @@ def main(args: argparse.Namespace) -> int:
         args.dataset, split=args.split, limit=args.problems, instruction=args.instruction, seed=args.seed
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = set_cpu_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
     credit = analyze(
@@ -185,7 +188,13 @@ def main(args: argparse.Namespace) -> int:
         verify_workers=args.verify_workers,
         max_report_rollouts=args.report_rollouts,
         progress=not args.quiet,
-        info={"model": args.model, "dataset": args.dataset, "verifier": args.verifier},
+        info={
+            "model": args.model,
+            "dataset": args.dataset,
+            "verifier": args.verifier,
+            "device": device,
+            "threads": threads,
+        },
     )
     total = time.perf_counter() - start
     counts = credit["counts"]

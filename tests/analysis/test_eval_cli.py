@@ -134,3 +134,14 @@ def test_resuming_with_other_settings_is_refused(tiny, problems, tmp_path):
     evaluate(model, tokenizer, problems[:1], out_dir=tmp_path, **SETTINGS)
     with pytest.raises(ValueError, match="temperature"):
         evaluate(model, tokenizer, problems[:1], out_dir=tmp_path, **{**SETTINGS, "temperature": 0.5})
+
+
+def test_last_number_verifier_reads_the_number_a_terse_model_writes():
+    from hsd.eval import VERIFIERS
+    from hsd.tasks.problem import Problem
+
+    problem = Problem("rg-1", "Calculate 5 + 3.", "8", kind="gym", meta={})
+    verify = VERIFIERS["last-number"]
+    assert verify(problem, "5 + 3 = 8").reward == 1.0
+    assert verify(problem, "The answer is 9.").reward == 0.0
+    assert verify(problem, "no digits here").reason == "no_answer"
