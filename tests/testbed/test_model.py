@@ -85,6 +85,14 @@ def test_build_is_reproducible_from_its_seed(tiny_dir, tmp_path):
     assert _record(other_seed)["weights_sha256"] != _record(tiny_dir)["weights_sha256"]
 
 
+def test_weights_do_not_depend_on_the_thread_count(tiny_dir, tmp_path):
+    one_thread = build_testbed_model(0, cache_dir=tmp_path, threads=1, **TINY)
+    two_threads = build_testbed_model(0, cache_dir=tmp_path / "2", threads=2, **TINY)
+    assert _record(one_thread)["torch_threads"] == 1 and _record(two_threads)["torch_threads"] == 2
+    assert _record(one_thread)["weights_sha256"] == _record(two_threads)["weights_sha256"]
+    assert _record(one_thread)["weights_sha256"] == _record(tiny_dir)["weights_sha256"]
+
+
 def test_second_call_returns_the_cached_directory_without_rebuilding(tiny_dir):
     stamp = (tiny_dir / "model.safetensors").stat().st_mtime_ns
     assert build_testbed_model(0, cache_dir=tiny_dir.parent, **TINY) == tiny_dir
