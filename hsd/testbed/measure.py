@@ -98,6 +98,8 @@ def divergence_stats(
     The peer of a failed rollout is drawn uniformly from its group's successes (the method's default); the
     `all_pairs` share counts every (failed, successful) pair of a group instead.
     """
+    if not problems or len(problems) != len(ids_PG):
+        raise ValueError(f"need one group per problem, got {len(problems)} problems and {len(ids_PG)} groups")
     rng = random.Random(seed)
     rewards, reasons, fully_correct_peers = [], {}, []
     hits = pairs_total = pair_hits = before = after = failed_with_peer = 0
