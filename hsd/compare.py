@@ -41,6 +41,7 @@ class HeldOutAccuracy(TrainerCallback):
         from hsd.eval import evaluate
 
         was_training = model.training
+        model.eval()  # generation with gradient checkpointing active (train mode) runs without a KV cache
         summary = evaluate(
             model,
             tokenizer,
@@ -50,6 +51,7 @@ class HeldOutAccuracy(TrainerCallback):
             max_new_tokens=self.max_new_tokens,
             seed=self.seed + step,
             progress=False,
+            batch_size=256,  # one generate call for a small model; memory is not the limit here
         )
         model.train(was_training)
         accuracy = summary["pass@1"]
@@ -139,6 +141,9 @@ def run_method(
         )
         callbacks.append(held_out)
     trainer = build_trainer(script, args, callbacks=callbacks)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # LiveProgress prints one line per step instead
     if held_out is not None:
         held_out.trainer = trainer
     start = time.time()

@@ -54,6 +54,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -61,6 +62,9 @@ def main(args: argparse.Namespace) -> int:
     from hsd.tasks.datasets import load_problems
     from hsd.testbed.model import build_testbed_model
 
+    # The testbed model is tiny: one thread runs it as fast as two and leaves a core to the verifier workers
+    # (with more threads than free cores, OpenMP's waiting makes small matrix products many times slower).
+    torch.set_num_threads(1)
     console = Console()
     start = time.time()
     out = Path(args.out)
@@ -85,15 +89,22 @@ def main(args: argparse.Namespace) -> int:
     )
 
     console.print("credit report of the trained HSD model ...")
-    from hsd.analysis.cli import analyze_to_dir
+    from hsd.analysis.cli import analyze
+    from hsd.models import load_model, load_tokenizer
 
-    hsd_final = out / "hsd" / f"seed-{args.seed}" / "final"
-    analyze_to_dir(
-        str(hsd_final),
-        QUICKSTART_RECIPE["dataset"].replace("split=train", "split=test"),
-        out / "credit",
-        problems=args.analysis_problems,
+    hsd_final = str(out / "hsd" / f"seed-{args.seed}" / "final")
+    analysis_problems = load_problems(HELD_OUT.replace("n=128", f"n={args.analysis_problems}"))
+    analyze(
+        load_model(hsd_final),
+        load_tokenizer(hsd_final),
+        analysis_problems,
+        out_dir=out / "credit",
+        group_size=QUICKSTART_RECIPE["num_generations"],
+        max_new_tokens=QUICKSTART_RECIPE["max_completion_length"],
+        min_failures=64,
         seed=args.seed,
+        progress=False,
+        info={"model": hsd_final, "dataset": HELD_OUT},
     )
 
     table = Table(title=f"held-out accuracy (pass@1, {len(held_out)} problems x {args.eval_k} samples)")
