@@ -62,6 +62,7 @@ class FailedRollout:
     peer_tokens: list[str] = field(default_factory=list)
     prompt: str = ""
     answer: str = ""
+    error_position: int | None = None  # the token holding the first wrong character, when the verifier knows
 
     @property
     def tau(self) -> int | None:
@@ -231,10 +232,39 @@ def credit_tables(
             ]
         ),
     }
+    tables["error_position"] = _error_tables(rollouts, contexts, taus, control, widths)
     tables["by_difficulty"] = _by_difficulty(rollouts, contexts, window)
     tables["coverage"] = coverage_table(groups)
     tables["counts"] = _counts(rollouts, groups)
     return _clean(tables)
+
+
+def _error_tables(rollouts, contexts, taus, control, widths) -> dict | None:
+    """Where the verifier knows the first wrong token (the testbed chain task): the share of rollouts whose
+    tau is that token, and the mass-within-w table and |A| aligned at the error instead of tau."""
+    known = [i for i, r in enumerate(rollouts) if r.error_position is not None]
+    if not known:
+        return None
+    errors = {i: rollouts[i].error_position for i in known}
+    out: dict = {
+        "n": len(known),
+        "tau_equals_error_share": sum(taus[i] == errors[i] for i in known) / len(known),
+        "tau_before_error_share": sum(taus[i] is not None and taus[i] < errors[i] for i in known)
+        / len(known),
+        "median_error": _median(list(errors.values())),
+        "mass_within": {},
+        "mass_within_random": {},
+        "abs_credit_at_error": {},
+        "abs_credit_elsewhere": {},
+    }
+    for context in contexts:
+        members = [i for i in known if context in rollouts[i].teacher_logps]
+        credits = [rollouts[i].credit(context) for i in members]
+        out["mass_within"][context] = _mass_table(credits, [errors[i] for i in members], widths)
+        out["mass_within_random"][context] = _mass_table(credits, [control[i] for i in members], widths)
+        at, elsewhere = abs_credit_at(credits, [errors[i] for i in members])
+        out["abs_credit_at_error"][context], out["abs_credit_elsewhere"][context] = at, elsewhere
+    return out
 
 
 def _by_difficulty(rollouts: Sequence[FailedRollout], contexts: Sequence[str], window: int) -> dict:
@@ -488,6 +518,21 @@ def _token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
     return [tokenizer.decode([int(t)]) for t in ids]
 
 
+def error_token(verdict, tokens: Sequence[str], text: str) -> int | None:
+    """The token holding the verifier's first wrong character (`extra["error_char"]`, an offset into the
+    completion's text), when the per-token texts spell exactly that text; else None."""
+    offset = verdict.extra.get("error_char") if verdict.extra else None
+    if offset is None or "".join(tokens) != text:
+        return None
+    start = 0
+    for t, token in enumerate(tokens):
+        # an invisible token (eos) where a character was due is the wrong token
+        if offset < start + len(token) or (token == "" and offset == start):
+            return t
+        start += len(token)
+    return None  # the missing character comes after the last sampled token (a cut-off completion)
+
+
 def collect(
     model,
     tokenizer,
@@ -544,7 +589,7 @@ def collect(
             new: list[FailedRollout] = []
             texts_PG = [[decode(tokenizer, ids) for ids in ids_G] for ids_G in ids_PG]
             verdicts_PG = verify_all(batch, texts_PG, verifier, verify_workers)
-            for problem, ids_G, verdicts in zip(batch, ids_PG, verdicts_PG):
+            for problem, ids_G, texts_G, verdicts in zip(batch, ids_PG, texts_PG, verdicts_PG):
                 # an unverifiable rollout is never a peer nor analysed, as in training
                 rewards_G = [-math.inf if v.reason == "error" else v.reward for v in verdicts]
                 peers = select_peers(rewards_G, group_size, peer_rule, generator=generator)
@@ -557,6 +602,8 @@ def collect(
                 for i, (verdict, peer) in enumerate(zip(verdicts, peers)):
                     if rewards_G[i] >= 1.0 or rewards_G[i] == -math.inf or peer is None:
                         continue
+                    tokens = _token_texts(tokenizer, ids_G[i])
+                    visible = [tokenizer.decode([t], skip_special_tokens=True) for t in ids_G[i]]
                     new.append(
                         FailedRollout(
                             problem_id=problem.id,
@@ -567,10 +614,11 @@ def collect(
                             peer_ids=list(ids_G[peer]),
                             reason=verdict.reason,
                             reference_ids=reference_ids,
-                            completion_tokens=_token_texts(tokenizer, ids_G[i]),
+                            completion_tokens=tokens,
                             peer_tokens=_token_texts(tokenizer, ids_G[peer]),
                             prompt=problem.prompt,
                             answer=problem.answer,
+                            error_position=error_token(verdict, visible, texts_G[i]),
                         )
                     )
             score_rollouts(

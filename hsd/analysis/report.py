@@ -127,6 +127,7 @@ img { max-width: 100%; }
        border: 1px solid #ddd; padding: 0.3em; margin: 0.2em 0 0.8em; }
 .tok { border-radius: 2px; }
 .tok.tau, .ptok.tau { outline: 2px solid #000; }
+.tok.err { box-shadow: inset 0 -4px 0 #f0a000; }
 .ptok.shared { background: #e8e8e8; }
 .label { font-size: 0.8em; color: #555; }
 .note { font-size: 0.85em; color: #555; }
@@ -177,6 +178,7 @@ def _tables_html(tables: dict) -> str:
         _table(header, _mass_rows(tables, "mass_within", "mass_within_random", widths) + paper),
         f"<h3>Failures with tau &gt; 0 ({tables['n_tau_pos']})</h3>",
         _table(header, _mass_rows(tables, "mass_within_tau_pos", "mass_within_random_tau_pos", widths)),
+        _error_html(tables, widths),
         "<h3>Magnitude</h3>",
         _table(
             ["context", "mean |A| at tau", "mean |A| elsewhere", "ratio", "profile peak", "peak at t - tau"],
@@ -236,6 +238,34 @@ def _tables_html(tables: dict) -> str:
     return "\n".join(parts)
 
 
+def _error_html(tables: dict, widths: Sequence[str]) -> str:
+    """The table aligned at the verifier's first wrong token, when the task exposes it."""
+    errors = tables.get("error_position")
+    if not errors:
+        return ""
+    rows = []
+    for c in tables["contexts"]:
+        rows.append([LABELS[c], *(_pct(errors["mass_within"][c].get(w)) for w in widths),
+                     _fmt(errors["abs_credit_at_error"][c]), _fmt(errors["abs_credit_elsewhere"][c])])  # fmt: skip
+        rows.append([f"{LABELS[c]}, random position", *(_pct(errors["mass_within_random"][c].get(w)) for w in widths),
+                     "", ""])  # fmt: skip
+    return (
+        f"<h3>Aligned at the true error ({errors['n']} rollouts whose first wrong token is known)</h3>"
+        f"<p class='note'>tau is the true error for {_pct(errors['tau_equals_error_share'])} of them and comes "
+        f"before it for {_pct(errors['tau_before_error_share'])}; median error position "
+        f"{_fmt(errors['median_error'], 1)}.</p>"
+        + _table(
+            [
+                "share of |A| within |t - error| <= w",
+                *(f"w={w}" for w in widths),
+                "mean |A| at error",
+                "mean |A| elsewhere",
+            ],
+            rows,
+        )  # fmt: skip
+    )
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -258,7 +288,7 @@ def _heat_row(r: FailedRollout, index: int, context: str, scale: float) -> str:
     tau = r.tau
     cells = []
     for t, (token, a) in enumerate(zip(r.completion_tokens, credit)):
-        cls = "tok tau" if t == tau else "tok"
+        cls = "tok" + (" tau" if t == tau else "") + (" err" if t == r.error_position else "")
         cells.append(
             f'<span class="{cls}" data-t="{t}" title="t={t} A={a:+.3f}" style="background:{_color(a, scale)}">'
             f"{_token_text(token)}</span>"
@@ -311,17 +341,18 @@ def _rollouts_html(rollouts: Sequence[FailedRollout], contexts: Sequence[str]) -
         sections.append(
             f'<div class="rollout" id="r{k}"><div class="nav">{"".join(nav)}</div>'
             f"<h3>Rollout {k}: problem {html.escape(r.problem_id)}, rollout {r.rollout} (peer {r.peer}), "
-            f"tau = {_fmt(r.tau)}, verdict {html.escape(r.reason)}, group pass rate {r.pass_rate:.2f}</h3>"
+            f"tau = {_fmt(r.tau)}, first wrong token {_fmt(r.error_position)}, verdict {html.escape(r.reason)}, group pass rate {r.pass_rate:.2f}</h3>"
             f'<div class="prompt">{html.escape(r.prompt)}</div>'
             f'<div class="label">gold answer: {html.escape(r.answer)}</div>'
             f'<div class="label">successful peer (shared prefix grey, its token at tau outlined)</div>{_peer_row(r)}'
             f"{heat}</div>"
         )
-    header = ["#", "problem", "tau", "tokens", "verdict", *(f"A at tau, {c}" for c in contexts)]
+    header = ["#", "problem", "tau", "error", "tokens", "verdict", *(f"A at tau, {c}" for c in contexts)]
     legend = (
         f"<p class='note'>Each failed rollout is shown once per context, one cell per completion token, "
         f"red where the teacher finds the token less likely than the student (A &lt; 0), blue where more; "
-        f"colour saturates at |A| = {scale:.2f}. The token at tau is outlined. Hover a token for its A.</p>"
+        f"colour saturates at |A| = {scale:.2f}. The token at tau is outlined; the first wrong token, when the "
+        f"verifier knows it, is underlined in orange. Hover a token for its A.</p>"
     )
     return f'<h2 id="index">Failed rollouts</h2>{legend}{_table(header, index_rows)}{"".join(sections)}'
 

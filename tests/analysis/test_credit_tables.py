@@ -206,3 +206,33 @@ def test_shared_prompt_passes_equal_whole_sequence_passes(tiny_model_dir):
             assert a == pytest.approx(
                 _full_logprobs(model, prompt + completion, len(completion), 0.7), abs=1e-5
             )
+
+
+def test_tables_aligned_at_the_true_error_when_the_verifier_knows_it():
+    (a, b), groups = _constructed()
+    a.error_position, b.error_position = 2, 1  # a: tau is the error; b: tau (0) comes before it
+    tables = credit_tables([a, b], groups, widths=(0, 1, 2), window=2, bins=2)
+    errors = tables["error_position"]
+    assert (
+        errors["n"] == 2
+        and errors["tau_equals_error_share"] == 0.5
+        and errors["tau_before_error_share"] == 0.5
+    )
+    # hsd |A|: a = [0, .2, 2, .4, 0] at 2; b = [2, 0, 1] at 1 -> w=0: 2 + 0; w=1: 2.6 + 3
+    assert errors["mass_within"]["hsd"] == pytest.approx({"0": 2 / 5.6, "1": 5.6 / 5.6, "2": 1.0})
+    assert errors["abs_credit_at_error"]["hsd"] == pytest.approx(1.0)
+    assert credit_tables(*_constructed(), widths=(0,))["error_position"] is None
+
+
+def test_error_token_maps_the_first_wrong_character_to_its_token():
+    from hsd.analysis.credit import error_token
+    from hsd.tasks.problem import Verdict
+
+    tokens = ["12", "+3", "=", "16", ""]  # the last one: eos, invisible
+    wrong = Verdict(0.0, "wrong", extra={"error_char": 6})  # "12+3=1|6"
+    assert error_token(wrong, tokens, "12+3=16") == 3
+    stopped = Verdict(0.0, "no_answer", extra={"error_char": 7})  # ended where "\nAnswer..." was due
+    assert error_token(stopped, tokens, "12+3=16") == 4
+    assert error_token(stopped, tokens[:4], "12+3=16") is None  # cut off: the wrong token was never sampled
+    assert error_token(Verdict(0.0, "wrong"), tokens, "12+3=16") is None
+    assert error_token(wrong, tokens, "12 + 3 = 16") is None  # tokens do not spell the text

@@ -36,6 +36,7 @@ def _rollouts(n: int, seed: int = 0) -> list[FailedRollout]:
                 completion_ids=ids, peer_ids=peer, student_logps=student, teacher_logps=teacher,
                 reason="wrong", completion_tokens=[rng.choice(TRICKY_TOKENS) for _ in ids],
                 peer_tokens=[rng.choice(TRICKY_TOKENS) for _ in peer], prompt="What is <1 & 2>?", answer="3",
+                error_position=rng.choice([None, rng.randint(tau, length - 1)]),
             )
         )  # fmt: skip
     return out
@@ -56,7 +57,7 @@ class _DomCounter(HTMLParser):
         if tag == "img":
             self.images.append(attrs.get("src", ""))
         if tag == "div" and "heat" in classes:
-            self.rows.append({**attrs, "tok": 0, "tau": 0})
+            self.rows.append({**attrs, "tok": 0, "tau": 0, "err": 0})
             self._depth = 1
         elif self._depth:
             if tag == "div":
@@ -64,6 +65,7 @@ class _DomCounter(HTMLParser):
             if tag == "span" and "tok" in classes:
                 self.rows[-1]["tok"] += 1
                 self.rows[-1]["tau"] += "tau" in classes
+                self.rows[-1]["err"] += "err" in classes
 
     def handle_endtag(self, tag):
         if self._depth and tag == "div":
@@ -101,11 +103,14 @@ def test_one_heat_map_cell_per_completion_token(report):
         assert row["tok"] == len(rollout.completion_ids) == int(row["data-n-tokens"])
 
 
-def test_tau_is_marked_once_per_row(report):
+def test_tau_and_the_true_error_are_marked_once_per_row(report):
     rollouts, _, dom = report
     shown = order_for_display(rollouts, 10)
+    assert any(r.error_position is not None for r in shown) and any(r.error_position is None for r in shown)
     for row in dom.rows:
-        assert row["tau"] == (1 if shown[int(row["data-rollout"])].tau < row["tok"] else 0)
+        rollout = shown[int(row["data-rollout"])]
+        assert row["tau"] == (1 if rollout.tau < row["tok"] else 0)
+        assert row["err"] == (0 if rollout.error_position is None else 1)
 
 
 def test_report_is_self_contained(report):
