@@ -329,10 +329,11 @@ def main(args: argparse.Namespace) -> int:
 
         eval_problems = load_problems(args.eval_dataset, limit=args.eval_limit)
     out = Path(args.out)
+    seeds = [int(x) for x in args.seeds.split(",") if x] if "," in args.seeds else list(range(int(args.seeds)))
     compare(
         recipe,
         methods,
-        list(range(args.seeds)),
+        seeds,
         out,
         eval_problems=eval_problems,
         eval_every=args.eval_every,
