@@ -23,7 +23,7 @@ QUICKSTART_RECIPE: dict = {
     "num_generations": 8,
     "max_completion_length": 80,
     "temperature": 1.0,
-    "learning_rate": 1.0e-3,
+    "learning_rate": 1.0e-4,
     "lr_scheduler_type": "constant",
     "adam_beta2": 0.95,
     "weight_decay": 0.0,
