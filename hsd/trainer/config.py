@@ -198,6 +198,12 @@ class HSDConfig(GRPOConfig):
         default=True,
         metadata={"help": "Student head for Eq. 13 with a worked-out gradient (else autograd on chunks)."},
     )
+    distill_grad_cache_mb: float = field(
+        default=1024,
+        metadata={
+            "help": "Keep the head's [N, V] logit gradient from the forward up to this size (0: recompute)."
+        },
+    )
     answer_column: str = field(
         default="answer", metadata={"help": "Dataset column holding the gold answer a* (teacher context)."}
     )

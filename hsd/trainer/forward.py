@@ -114,9 +114,17 @@ def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chu
     return torch.cat(out) if out else hidden_NH.new_zeros(0, dtype=torch.float32)
 
 
+# torch >= 2.8 on CUDA multiplies bf16 / fp16 matrices straight into a float32 result
+_MM_OUT_DTYPE = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 8)
+
+
+def _fp32_product(tensor: torch.Tensor) -> bool:
+    return _MM_OUT_DTYPE and tensor.is_cuda and tensor.dtype in (torch.bfloat16, torch.float16)
+
+
 def _logits_fp32(hidden_nH, weight_VH, bias_V, inv_temperature: float) -> torch.Tensor:
     """[n, V] float32 logits / temperature; bf16 / fp16 products are accumulated in fp32 on CUDA."""
-    if hidden_nH.is_cuda and hidden_nH.dtype in (torch.bfloat16, torch.float16):
+    if _fp32_product(hidden_nH):
         logits = torch.mm(hidden_nH, weight_VH.t(), out_dtype=torch.float32)
     else:
         logits = torch.mm(hidden_nH, weight_VH.t()).float()
@@ -129,7 +137,7 @@ def _logits_fp32(hidden_nH, weight_VH, bias_V, inv_temperature: float) -> torch.
 
 def _mm_fp32(a, b, out=None, accumulate=False) -> torch.Tensor:
     """a @ b in float32 (added to `out` when `accumulate`), without rounding a bf16 / fp16 product first."""
-    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+    if _fp32_product(a):
         if accumulate:
             return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
         return torch.mm(a, b, out_dtype=torch.float32)
@@ -147,21 +155,26 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 class _TeacherStudentKL(torch.autograd.Function):
     """KL(pT || pS) (Eq. 13), log pS(o_t) and log pT(o_t) from hidden states, with the gradient worked out.
 
-    Forward: per chunk, both logits, their log-normalisers, and
-        KL = sum_v pT(v) (z_T(v) - z_S(v)) - log Z_T + log Z_S        (z: logits / temperature)
-    Backward: the chunk's logits are recomputed and the gradient of the student logits is written directly,
+    Forward: per chunk, both logits z (divided by the temperature), their log-normalisers, and
+        KL = sum_v pT(v) (z_T(v) - z_S(v)) - log Z_T + log Z_S.
+    Backward: the gradient of the student logits is written directly,
         dL/dz_S = g_KL (pS - pT) + g_logp (onehot(o_t) - pS),
-    then one matmul each for the hidden states and the head's weight. No autograd graph over [chunk, V].
+    then one matmul each for the hidden states and the head's weight; no autograd graph over [chunk, V].
+    pS - pT is either kept from the forward (`keep_grad`: N x V values, two matmuls fewer) or recomputed
+    from both logits in the backward.
     """
 
     @staticmethod
-    def forward(ctx, student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, temperature, chunk_size, clip):
+    def forward(
+        ctx, student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, temperature, chunk_size, clip, keep_grad
+    ):
         dtype = _compute_dtype(student_NH)
         inv_t = 1.0 / temperature
         N = student_NH.size(0)
         divergence_N = student_NH.new_empty(N, dtype=torch.float32)
         student_logp_N, teacher_logp_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
         student_lse_N, teacher_lse_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
+        kept_NV = student_NH.new_empty((N, weight_VH.size(0)), dtype=dtype) if keep_grad else None
         with torch.autocast(student_NH.device.type, enabled=False):
             weight = weight_VH.to(dtype)
             for start in range(0, N, chunk_size):
@@ -172,17 +185,20 @@ class _TeacherStudentKL(torch.autograd.Function):
                 lse_student, lse_teacher = z_student.logsumexp(-1), z_teacher.logsumexp(-1)
                 student_logp_N[sl] = z_student.gather(-1, ids)[:, 0] - lse_student
                 teacher_logp_N[sl] = z_teacher.gather(-1, ids)[:, 0] - lse_teacher
+                p_student = (z_student - lse_student[:, None]).exp_() if keep_grad else None
                 gap = torch.sub(z_teacher, z_student, out=z_student)  # z_T - z_S, in place
                 p_teacher = z_teacher.sub_(lse_teacher[:, None]).exp_()
                 # Eq. 13: sum_v pT (log pT - log pS) = sum_v pT (z_T - z_S) - log Z_T + log Z_S
                 divergence_N[sl] = torch.linalg.vecdot(p_teacher, gap) - lse_teacher + lse_student
                 student_lse_N[sl], teacher_lse_N[sl] = lse_student, lse_teacher
+                if keep_grad:
+                    kept_NV[sl] = p_student.sub_(p_teacher)  # dKL/dz_S
         keep_N = None
         if clip is not None:
             keep_N = divergence_N <= clip  # clamp(max=clip): no gradient above the cap
             divergence_N = divergence_N.clamp(max=clip)
         ctx.save_for_backward(
-            student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N
+            student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N, kept_NV
         )
         ctx.keep_N, ctx.inv_t, ctx.chunk_size, ctx.dtype = keep_N, inv_t, chunk_size, dtype
         ctx.mark_non_differentiable(teacher_logp_N)
@@ -190,7 +206,7 @@ class _TeacherStudentKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_divergence_N, grad_student_logp_N, _):
-        student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N = (
+        student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N, kept_NV = (
             ctx.saved_tensors
         )
         inv_t, dtype = ctx.inv_t, ctx.dtype
@@ -214,21 +230,26 @@ class _TeacherStudentKL(torch.autograd.Function):
             weight = weight_VH.to(dtype)
             for start in range(0, N, ctx.chunk_size):
                 sl = slice(start, start + ctx.chunk_size)
-                g_div_n = g_div[sl] * inv_t
-                g_logp_n = None if g_logp is None else g_logp[sl] * inv_t
-                if not g_div_n.any() and (g_logp_n is None or not g_logp_n.any()):
+                g_div_n = g_div[sl] * inv_t  # 1 / temperature folded into the upstream gradients
+                g_logp_n = None if g_logp is None or not g_logp[sl].any() else g_logp[sl] * inv_t
+                if g_logp_n is None and not g_div_n.any():
                     continue
                 h_student = student_NH[sl].to(dtype)
-                p_student = _logits_fp32(h_student, weight, bias_V, inv_t)
-                p_student.sub_(student_lse_N[sl, None]).exp_()
-                p_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t)
-                p_teacher.sub_(teacher_lse_N[sl, None]).exp_()
-                # dL/dz_S = g_div (pS - pT) + g_logp (onehot - pS), times 1/temperature (folded into g)
-                coef = g_div_n if g_logp_n is None else g_div_n - g_logp_n
-                grad_logits = p_student.mul_(coef[:, None]).addcmul_(p_teacher, g_div_n[:, None], value=-1.0)
-                del p_teacher
-                if g_logp_n is not None:
-                    grad_logits.scatter_add_(1, token_ids_N[sl, None], g_logp_n[:, None])
+                if kept_NV is not None and g_logp_n is None:
+                    grad_logits = kept_NV[sl].float() * g_div_n[:, None]
+                else:
+                    p_student = _logits_fp32(h_student, weight, bias_V, inv_t)
+                    p_student.sub_(student_lse_N[sl, None]).exp_()
+                    p_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t)
+                    p_teacher.sub_(teacher_lse_N[sl, None]).exp_()
+                    # dL/dz_S = g_div (pS - pT) + g_logp (onehot - pS)
+                    coef = g_div_n if g_logp_n is None else g_div_n - g_logp_n
+                    grad_logits = p_student.mul_(coef[:, None]).addcmul_(
+                        p_teacher, g_div_n[:, None], value=-1.0
+                    )
+                    del p_teacher
+                    if g_logp_n is not None:
+                        grad_logits.scatter_add_(1, token_ids_N[sl, None], g_logp_n[:, None])
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
                 grad_low = grad_logits.to(dtype)
@@ -242,6 +263,7 @@ class _TeacherStudentKL(torch.autograd.Function):
             None,
             grad_weight.to(weight_VH.dtype) if need_weight else None,
             grad_bias.to(bias_V.dtype) if need_bias else None,
+            None,
             None,
             None,
             None,
@@ -261,9 +283,24 @@ def analytic_head_supported(lm_head, kind: str, topk) -> bool:
 
 
 def teacher_student_kl(
-    teacher_hidden_NH, student_hidden_NH, token_ids_N, lm_head, *, temperature=1.0, clip=None, chunk_size=1024
+    teacher_hidden_NH,
+    student_hidden_NH,
+    token_ids_N,
+    lm_head,
+    *,
+    temperature=1.0,
+    clip=None,
+    chunk_size=1024,
+    keep_grad_bytes: float = 0,
 ):
-    """`fused_distillation` for Eq. 13 with a worked-out gradient (same values and gradients, fewer passes)."""
+    """`fused_distillation` for Eq. 13 with a worked-out gradient (same values and gradients, fewer passes).
+
+    The [N, V] student-logit gradient is kept from the forward when it fits in `keep_grad_bytes` (and
+    gradients flow); otherwise the backward recomputes both logits chunk by chunk.
+    """
+    dtype = _compute_dtype(student_hidden_NH)
+    size = student_hidden_NH.size(0) * lm_head.weight.size(0) * torch.empty((), dtype=dtype).element_size()
+    keep = torch.is_grad_enabled() and student_hidden_NH.requires_grad and size <= keep_grad_bytes
     return _TeacherStudentKL.apply(
         student_hidden_NH,
         teacher_hidden_NH.detach(),
@@ -273,13 +310,16 @@ def teacher_student_kl(
         float(temperature),
         int(chunk_size),
         clip,
+        keep,
     )
 
 
-def set_distill_head(model, analytic: bool) -> None:
-    """Choose the student pass's head: the worked-out gradient (`teacher_student_kl`) where it applies, or
-    autograd through checkpointed chunks (`fused_distillation`) always."""
+def set_distill_head(model, analytic: bool, keep_grad_mb: float = 0) -> None:
+    """Choose the student pass's head: the worked-out gradient (`teacher_student_kl`, keeping the logit
+    gradient from the forward up to `keep_grad_mb` MiB) where it applies, or autograd through checkpointed
+    chunks (`fused_distillation`) always."""
     model._hsd_analytic_head = bool(analytic)
+    model._hsd_keep_grad_bytes = float(keep_grad_mb) * 2**20
 
 
 def install_hsd_forward(model) -> None:
@@ -337,6 +377,7 @@ def install_hsd_forward(model) -> None:
                 temperature=spec["temperature"],
                 clip=spec.get("clip"),
                 chunk_size=spec.get("chunk_size", 1024),
+                keep_grad_bytes=getattr(self, "_hsd_keep_grad_bytes", 0),
             )
         return fused_distillation(
             teacher_NH,

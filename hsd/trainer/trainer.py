@@ -358,7 +358,9 @@ class HSDTrainer(GRPOTrainer):
         completion_ids = inputs["completion_ids"]
         T = completion_ids.size(1)
         teacher = self.teacher_model if self.teacher_model is not None else model
-        set_distill_head(self.accelerator.unwrap_model(model), args.analytic_distill_head)
+        set_distill_head(
+            self.accelerator.unwrap_model(model), args.analytic_distill_head, args.distill_grad_cache_mb
+        )
         if not args.skip_undistilled_teacher:
             rows = torch.ones_like(rows, dtype=torch.bool)
         index = rows.nonzero(as_tuple=True)[0]

@@ -1,0 +1,151 @@
+"""`hsd bench`: the fixed batch, the turn-taking of trainers, and the commands' JSON on a tiny CPU model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from hsd import bench
+
+
+def test_tokenizer_round_trips_random_ids_one_token_per_character():
+    tokenizer = bench.build_tokenizer(3000)
+    assert len(tokenizer) == 3000
+    batch = bench.fixed_batch(tokenizer, 3, 4, 20, seed=1)
+    for ids in batch.completions:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids[:-1]  # the eos is special
+
+
+def test_fixed_batch_has_groups_with_and_without_success():
+    tokenizer = bench.build_tokenizer(1000)
+    batch = bench.fixed_batch(tokenizer, 5, 8, 16, seed=0)
+    assert len(batch.completions) == 40 and {len(c) for c in batch.completions} == {16}
+    counts = batch.success_counts
+    assert 0 in counts and any(c > 0 for c in counts)
+    assert batch == bench.fixed_batch(tokenizer, 5, 8, 16, seed=0)  # the same batch for every method
+
+
+def test_scripted_rollouts_give_each_question_its_group_in_any_order():
+    tokenizer = bench.build_tokenizer(1000)
+    batch = bench.fixed_batch(tokenizer, 2, 3, 6, seed=0)
+    rollout = bench.scripted_rollouts(batch, tokenizer)
+    prompts = [batch.rows[1]["prompt"]] * 3 + [batch.rows[0]["prompt"]] * 3
+    out = rollout(prompts, trainer=None)
+    assert out["completion_ids"] == batch.completions[3:6] + batch.completions[0:3]
+    reward = bench.table_reward(batch)
+    assert reward(None, None, out["completion_ids"]) == batch.rewards[3:6] + batch.rewards[0:3]
+
+
+def test_turn_table_runs_one_step_at_a_time_in_rotating_rounds():
+    names, steps = ["a", "b", "c"], 3
+    table = bench.TurnTable(names, steps)
+    order, active = [], []
+
+    def train(name):
+        for step in range(steps):
+            table.begin_step(name, step)
+            active.append(name)
+            assert len(active) == 1  # nobody else is inside a step
+            order.append((step, name))
+            active.remove(name)
+        table.finish(name)
+
+    threads = [threading.Thread(target=train, args=(n,)) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order == table.slots
+    assert [n for _, n in order[:3]] == ["a", "b", "c"] and [n for _, n in order[3:6]] == ["b", "c", "a"]
+
+
+def test_turn_table_stops_waiting_trainers_when_one_fails():
+    table = bench.TurnTable(["a", "b"], 2)
+    failed = []
+
+    def b():
+        try:
+            table.begin_step("b", 0)
+        except RuntimeError as error:
+            failed.append(error)
+
+    thread = threading.Thread(target=b)
+    thread.start()
+    table.finish("a", ValueError("boom"))
+    thread.join(timeout=30)
+    assert failed and isinstance(failed[0].__cause__, ValueError)
+
+
+def _args(**overrides):
+    parser = argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    return parser.parse_args(["step", *overrides.pop("argv", [])])
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="--model-config"):
+        bench.main(_args(argv=["--model-config", "no-such-shape"]))
+    with pytest.raises(ValueError, match="no_such_field"):
+        bench.main(_args(argv=["--set", "no_such_field=1"]))
+    with pytest.raises(ValueError, match="--completion-len"):
+        bench.main(_args(argv=["--completion-len", "0"]))
+    with pytest.raises(ValueError, match="--methods"):
+        bench.main(_args(argv=["--methods", "ppo"]))
+
+
+def test_plain_switches_every_teacher_pass_optimisation_off():
+    overrides = bench.parse_overrides(["teacher_prefix_cache=true"], plain=True)
+    assert overrides["teacher_prefix_cache"] is True  # an explicit --set wins
+    assert overrides["skip_undistilled_teacher"] is False and overrides["analytic_distill_head"] is False
+
+
+@pytest.mark.slow
+def test_bench_step_on_the_tiny_config_writes_phases_and_ratios(tmp_path):
+    out = tmp_path / "step.json"
+    command = [sys.executable, "-m", "hsd", "bench", "step", "--model-config", "tiny", "--random-init"]
+    command += [
+        "--batch",
+        "2",
+        "--group-size",
+        "4",
+        "--completion-len",
+        "8",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+    ]
+    proc = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "update_time:" in proc.stdout
+    report = json.loads(out.read_text())
+    for metric in ("update_time", "step_time", "peak_memory"):
+        for key in ("hsd_over_grpo", "opsd_over_grpo"):
+            assert math.isfinite(report["ratios"][metric][key]) and report["ratios"][metric][key] > 0
+    assert report["setup"]["vocab_size"] == 49_152 and report["setup"]["rollouts"] == 8
+    methods = report["methods"]
+    assert methods["hsd"]["median_s"]["teacher"] > 0 and methods["grpo"]["median_s"]["teacher"] == 0
+    for result in methods.values():
+        median = result["median_s"]
+        assert median["update"] == pytest.approx(
+            median["teacher"] + median["student_forward_backward"] + median["optimizer"]
+        )
+        assert median["step"] >= median["update"] and result["peak_memory_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_bench_vs_trl_times_hsd_sdpo_and_grpo_in_one_run():
+    setup = bench.BenchSetup(batch=2, group_size=4, completion_len=8, repeats=1, warmup=0)
+    report = bench.run_vs_trl(setup)
+    assert set(report["methods"]) == {"hsd", "sdpo", "grpo"}
+    for metric in ("update_time", "step_time", "peak_memory"):
+        for key in ("hsd_over_sdpo", "sdpo_over_grpo", "hsd_over_grpo"):
+            assert report["ratios"][metric][key] > 0
+    assert report["setup"]["sdpo"]["distillation_mode"] == "full_logits"

@@ -1,0 +1,215 @@
+"""Each teacher-pass optimisation gives the plain path's loss and gradients through `HSDTrainer`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hsd import HSDConfig, HSDTrainer
+from hsd.bench import build_tokenizer, fixed_batch, scripted_rollouts, table_reward
+from hsd.core.losses import aggregate, token_divergence
+from hsd.trainer.forward import fused_distillation, teacher_student_kl
+from hsd.trainer.prefix import distinct_prefixes
+
+GROUP, QUESTIONS, LENGTH = 4, 4, 12
+
+
+_BUILT: dict = {}
+
+
+def _trainer(tmp_path, **overrides) -> HSDTrainer:
+    """A tiny Llama HSDTrainer on a fixed batch, built once per set of overrides (tests reset every switch)."""
+    key = tuple(sorted(overrides.items()))
+    if key in _BUILT:
+        return _BUILT[key]
+    tokenizer = build_tokenizer(400)
+    batch = fixed_batch(tokenizer, QUESTIONS, GROUP, LENGTH, seed=3, p=0.5)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    args = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=QUESTIONS * GROUP,
+        num_generations=GROUP,
+        max_completion_length=LENGTH,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        temperature=0.8,
+    )
+    trainer = HSDTrainer(
+        LlamaForCausalLM(config),
+        reward_funcs=table_reward(batch),
+        args=HSDConfig(**{**args, **overrides}),
+        train_dataset=Dataset.from_list(batch.rows),
+        processing_class=tokenizer,
+        rollout_func=scripted_rollouts(batch, tokenizer),
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.inputs = trainer._generate_and_score_completions(
+        [row for row in batch.rows for _ in range(GROUP)]
+    )
+    _BUILT[key] = trainer
+    return trainer
+
+
+def _loss_and_grads(trainer, inputs, **switches):
+    for name, value in switches.items():
+        setattr(trainer.args, name, value)
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _assert_same(a, b, rtol=1e-4, atol=1e-6):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert torch.isfinite(loss_a) and loss_a.abs() > 0
+    torch.testing.assert_close(loss_a, loss_b, rtol=rtol, atol=atol)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=rtol, atol=atol, msg=name)
+
+
+PLAIN = dict(
+    skip_undistilled_teacher=False,
+    teacher_prefix_cache=False,
+    teacher_inference_mode=False,
+    analytic_distill_head=False,
+    distill_grad_cache_mb=0,
+)
+FAST = dict(
+    skip_undistilled_teacher=True,
+    teacher_prefix_cache=True,
+    teacher_inference_mode=True,
+    analytic_distill_head=True,
+    distill_grad_cache_mb=1024,
+)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_skipping_undistilled_rows_keeps_loss_and_gradients(tmp_path, beta):
+    trainer = _trainer(tmp_path, fallback=False, distill_successes=False, beta=beta)
+    inputs = trainer.inputs
+    distilled = inputs["distill_mask"].bool()
+    assert 0 < distilled.sum() < distilled.numel()  # some rows get no teacher at all
+    plain = _loss_and_grads(trainer, inputs, **PLAIN)
+    _assert_same(plain, _loss_and_grads(trainer, inputs, **{**PLAIN, "skip_undistilled_teacher": True}))
+
+
+@pytest.mark.parametrize("peer_rule", ["uniform", "uniform_shared"])
+def test_shared_prefix_cache_keeps_loss_and_gradients(tmp_path, peer_rule):
+    trainer = _trainer(tmp_path, peer_rule=peer_rule)
+    trainer.model.gradient_checkpointing_enable()  # the cache must survive checkpointed layers
+    inputs = trainer.inputs
+    prefixes, _, prefix_of_row = distinct_prefixes(
+        inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"]
+    )
+    assert len(prefixes) < len(prefix_of_row)  # rows do share prefixes
+    plain = _loss_and_grads(trainer, inputs, **PLAIN)
+    _assert_same(plain, _loss_and_grads(trainer, inputs, **{**PLAIN, "teacher_prefix_cache": True}))
+
+
+def test_one_shared_peer_per_group_means_fewer_distinct_prefixes(tmp_path):
+    counts = {}
+    for rule in ("uniform", "uniform_shared"):
+        trainer = _trainer(tmp_path, peer_rule=rule)
+        inputs = trainer.inputs
+        counts[rule] = len(distinct_prefixes(inputs["teacher_prompt_ids"], inputs["teacher_prompt_mask"])[0])
+    # uniform_shared: at most two prefixes per group (the shared peer, and the peer of that peer)
+    assert counts["uniform_shared"] <= 2 * QUESTIONS
+    assert counts["uniform_shared"] <= counts["uniform"]
+
+
+def test_inference_mode_teacher_keeps_loss_and_gradients(tmp_path):
+    trainer = _trainer(tmp_path)
+    inputs = trainer.inputs
+    plain = _loss_and_grads(trainer, inputs, **PLAIN)
+    _assert_same(plain, _loss_and_grads(trainer, inputs, **{**PLAIN, "teacher_inference_mode": True}))
+
+
+def test_all_optimisations_together_keep_loss_and_gradients(tmp_path):
+    trainer = _trainer(tmp_path, fallback=False, beta=0.05)
+    inputs = trainer.inputs
+    plain = _loss_and_grads(trainer, inputs, **PLAIN)
+    _assert_same(plain, _loss_and_grads(trainer, inputs, **FAST))
+
+
+@pytest.mark.parametrize(("analytic", "grad_cache_mb"), [(False, 0), (True, 0), (True, 1024)])
+def test_chunked_head_matches_naive_full_logits_through_the_trainer(tmp_path, analytic, grad_cache_mb):
+    trainer = _trainer(tmp_path, divergence_chunk_size=7)  # several chunks, the last one partial
+    inputs = trainer.inputs
+    chunked = _loss_and_grads(
+        trainer, inputs, analytic_distill_head=analytic, distill_grad_cache_mb=grad_cache_mb
+    )
+
+    # naive: [B, T, V] logits of both passes, Eq. 13 on them, Eq. 10's aggregation
+    model, T = trainer.model, inputs["completion_ids"].size(1)
+    model.zero_grad()
+    rows = torch.arange(inputs["completion_ids"].size(0))
+    teacher_ids, teacher_mask = trainer.teacher_batch(inputs, rows)
+    with torch.no_grad():
+        teacher_logits = model(input_ids=teacher_ids, attention_mask=teacher_mask).logits[:, -T - 1 : -1]
+    student_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    student_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    student_logits = model(input_ids=student_ids, attention_mask=student_mask).logits[:, -T - 1 : -1]
+    temperature = trainer.args.temperature
+    div = token_divergence(teacher_logits / temperature, student_logits / temperature)
+    keep = inputs["completion_mask"].float() * inputs["distill_mask"][:, None].float()
+    loss = aggregate(div, keep, "sequence_mean")
+    loss.backward()
+    naive = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    _assert_same(naive, chunked)
+
+
+@pytest.mark.parametrize("logp_grad", [False, True])  # log pS(o_t) gets a gradient with the reference KL
+@pytest.mark.parametrize("keep_grad_bytes", [0, float("inf")])
+@pytest.mark.parametrize("clip", [None, 0.3])
+def test_worked_out_gradient_head_equals_autograd_head(clip, keep_grad_bytes, logp_grad):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=True)
+    student = torch.randn(50, 16, requires_grad=True)
+    teacher, ids = torch.randn(50, 16), torch.randint(0, 300, (50,))
+    weights_div, weights_logp = torch.randn(50), torch.randn(50) * logp_grad
+    results = []
+    for head_fn in (fused_distillation, partial(teacher_student_kl, keep_grad_bytes=keep_grad_bytes)):
+        head.zero_grad()
+        student.grad = None
+        div, s_logp, t_logp = head_fn(teacher, student, ids, head, temperature=0.7, clip=clip, chunk_size=16)
+        ((div * weights_div).sum() + (s_logp * weights_logp).sum()).backward()
+        results.append([div, s_logp, t_logp, student.grad, head.weight.grad, head.bias.grad])
+    for ours, reference in zip(results[1], results[0]):
+        torch.testing.assert_close(ours.detach(), reference.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_worked_out_gradient_head_in_bfloat16_stays_close_to_float32():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 500, bias=False)
+    student = torch.randn(40, 32, requires_grad=True)
+    teacher, ids = torch.randn(40, 32), torch.randint(0, 500, (40,))
+    div32, _, _ = teacher_student_kl(teacher, student, ids, head)
+    div32.sum().backward()
+    grad32 = student.grad.clone()
+    head16 = torch.nn.Linear(32, 500, bias=False).to(torch.bfloat16)
+    head16.weight.data.copy_(head.weight.data)
+    student16 = student.detach().to(torch.bfloat16).requires_grad_()
+    div16, s_logp16, _ = teacher_student_kl(teacher.to(torch.bfloat16), student16, ids, head16)
+    assert div16.dtype == torch.float32 and s_logp16.dtype == torch.float32  # the math stays in fp32
+    div16.sum().backward()
+    assert student16.grad.dtype == torch.bfloat16 and head16.weight.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(div16, div32.detach(), rtol=0.05, atol=0.02)
+    torch.testing.assert_close(student16.grad.float(), grad32, rtol=0.05, atol=0.02)
