@@ -17,16 +17,36 @@ from hsd import HSDConfig, HSDTrainer  # noqa: E402
 model_dir, out_path, per_device = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 args = HSDConfig(
-    output_dir=str(Path(out_path).parent / "run"), method="hsd", per_device_train_batch_size=per_device,
-    num_generations=GROUP, max_completion_length=16, max_steps=1, report_to=[], use_cpu=True, save_strategy="no",
-    seed=0, logging_steps=1, learning_rate=1e-2,
+    output_dir=str(Path(out_path).parent / "run"),
+    method="hsd",
+    per_device_train_batch_size=per_device,
+    num_generations=GROUP,
+    max_completion_length=16,
+    max_steps=1,
+    report_to=[],
+    use_cpu=True,
+    save_strategy="no",
+    seed=0,
+    logging_steps=1,
+    learning_rate=1e-2,
 )
-trainer = HSDTrainer(AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=exact_answer_reward, args=args,
-                     train_dataset=arithmetic_dataset(4), processing_class=tokenizer,
-                     rollout_func=make_rollout_func(tokenizer))
+trainer = HSDTrainer(
+    AutoModelForCausalLM.from_pretrained(model_dir),
+    reward_funcs=exact_answer_reward,
+    args=args,
+    train_dataset=arithmetic_dataset(4),
+    processing_class=tokenizer,
+    rollout_func=make_rollout_func(tokenizer),
+)
 trainer.train()
 if trainer.accelerator.is_main_process:
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
-    Path(out_path).write_text(json.dumps({
-        "peers": trainer.last_peers, "loss": loss, "processes": trainer.accelerator.num_processes,
-    }))
+    Path(out_path).write_text(
+        json.dumps(
+            {
+                "peers": trainer.last_peers,
+                "loss": loss,
+                "processes": trainer.accelerator.num_processes,
+            }
+        )
+    )

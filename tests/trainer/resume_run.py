@@ -26,14 +26,29 @@ class Slow(TrainerCallback):
 
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 args = HSDConfig(
-    output_dir=str(out), method="hsd", per_device_train_batch_size=8, num_generations=GROUP, max_completion_length=16,
-    max_steps=max_steps, report_to=[], use_cpu=True, save_strategy="steps", save_steps=1, seed=0, logging_steps=1,
+    output_dir=str(out),
+    method="hsd",
+    per_device_train_batch_size=8,
+    num_generations=GROUP,
+    max_completion_length=16,
+    max_steps=max_steps,
+    report_to=[],
+    use_cpu=True,
+    save_strategy="steps",
+    save_steps=1,
+    seed=0,
+    logging_steps=1,
     learning_rate=1e-2,
 )
-trainer = HSDTrainer(AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=exact_answer_reward, args=args,
-                     train_dataset=arithmetic_dataset(4), processing_class=tokenizer,
-                     rollout_func=make_rollout_func(tokenizer),
-                     callbacks=[MetricsJsonlCallback(out / "metrics.jsonl"), Slow()])
+trainer = HSDTrainer(
+    AutoModelForCausalLM.from_pretrained(model_dir),
+    reward_funcs=exact_answer_reward,
+    args=args,
+    train_dataset=arithmetic_dataset(4),
+    processing_class=tokenizer,
+    rollout_func=make_rollout_func(tokenizer),
+    callbacks=[MetricsJsonlCallback(out / "metrics.jsonl"), Slow()],
+)
 resume = any(out.glob("checkpoint-*"))
 trainer.train(resume_from_checkpoint=True if resume else None)
 print("final step", trainer.state.global_step)

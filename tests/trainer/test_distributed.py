@@ -18,9 +18,26 @@ def _launch(model_dir, out: Path, processes: int, per_device: int) -> dict:
     # --multi_gpu starts the processes through torch.distributed; with use_cpu=True they join with gloo on CPU
     # (accelerate's --cpu launcher starts one process only, unless MPI is installed).
     layout = ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(29500 + processes), str(SCRIPT), str(model_dir), str(out), str(per_device)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *layout,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(29500 + processes),
+        str(SCRIPT),
+        str(model_dir),
+        str(out),
+        str(per_device),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())
