@@ -632,9 +632,9 @@ def collect(
                 max_peer_tokens=max_peer_tokens,
                 batch_tokens=batch_tokens,
             )
+            bar.set_postfix(problems=len(groups), analysed=len(rollouts) + len(new), refresh=False)
             bar.update(min(len(rollouts) + len(new), min_failures) - min(len(rollouts), min_failures))
             rollouts.extend(new)
-            bar.set_postfix(problems=len(groups), rollouts=len(rollouts), refresh=False)
     finally:
         bar.close()
     settings = {

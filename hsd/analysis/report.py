@@ -338,13 +338,16 @@ def _rollouts_html(rollouts: Sequence[FailedRollout], contexts: Sequence[str]) -
         if k + 1 < len(rollouts):
             nav.append(f'<a href="#r{k + 1}">next &rarr;</a>')
         heat = "".join(_heat_row(r, k, c, scale) for c in contexts if c in r.teacher_logps)
+        error = "" if r.error_position is None else f", first wrong token {r.error_position}"
         sections.append(
             f'<div class="rollout" id="r{k}"><div class="nav">{"".join(nav)}</div>'
             f"<h3>Rollout {k}: problem {html.escape(r.problem_id)}, rollout {r.rollout} (peer {r.peer}), "
-            f"tau = {_fmt(r.tau)}, first wrong token {_fmt(r.error_position)}, verdict {html.escape(r.reason)}, group pass rate {r.pass_rate:.2f}</h3>"
+            f"tau = {_fmt(r.tau)}{error}, verdict {html.escape(r.reason)}, "
+            f"group pass rate {r.pass_rate:.2f}</h3>"
             f'<div class="prompt">{html.escape(r.prompt)}</div>'
             f'<div class="label">gold answer: {html.escape(r.answer)}</div>'
-            f'<div class="label">successful peer (shared prefix grey, its token at tau outlined)</div>{_peer_row(r)}'
+            '<div class="label">successful peer (shared prefix grey, its token at tau outlined)</div>'
+            f"{_peer_row(r)}"
             f"{heat}</div>"
         )
     header = ["#", "problem", "tau", "error", "tokens", "verdict", *(f"A at tau, {c}" for c in contexts)]
