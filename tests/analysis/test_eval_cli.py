@@ -101,6 +101,7 @@ def _run_cli(out: Path, limit: int) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow  # a subprocess that imports torch and transformers: about 30 s on a busy machine
 def test_resumed_cli_run_recomputes_nothing_already_written(tiny, problems, tiny_model_dir, tmp_path):
     model, tokenizer = tiny
     (tmp_path / "model").symlink_to(tiny_model_dir)
