@@ -206,7 +206,10 @@ def credit_tables(
         offsets, means, counts = credit_profile(c_all, t_all, window)
         _, random_means, _ = credit_profile(c_all, r_all, window)
         profile[context] = {"mean_abs": means, "counts": counts, "mean_abs_random": random_means}
-        finite = [(m, d) for m, d in zip(means, offsets) if not math.isnan(m)]
+        # the peak over offsets that at least half as many rollouts reach as tau itself (a mean over two
+        # rollouts far before tau is noise when nearly every tau is 0)
+        enough = max(1, counts[window]) / 2
+        finite = [(m, d) for m, d, n in zip(means, offsets, counts) if n >= enough and not math.isnan(m)]
         peak, peak_offset = max(finite) if finite else (math.nan, None)
         tables["peak_credit_at_tau"][context] = {
             "at_tau": means[window],  # mean |A_tau|: the profile at offset 0
