@@ -52,7 +52,7 @@ class TestbedConfig:
     max_positions: int = 1024
     init_std: float = 0.1  # initializer_range; at 0.02 attention stays near uniform for hundreds of steps
     # pretraining
-    train_steps: int = 1200
+    train_steps: int = 1000
     batch_size: int = 16  # small batches, more updates: the arithmetic is learnt in fewer tokens
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -64,7 +64,7 @@ class TestbedConfig:
     operand_max: int = 3  # small operands: the result is close to the value, so the table is learnt fast
     multi_share: float = 0.5
     context_weights: tuple[tuple[str, float], ...] = field(
-        default=(("none", 0.7), ("answer+peer", 0.15), ("answer", 0.06), ("peer", 0.03), ("reference", 0.06))
+        default=(("none", 0.8), ("answer+peer", 0.1), ("answer", 0.04), ("peer", 0.02), ("reference", 0.04))
     )
 
     def __post_init__(self) -> None:
