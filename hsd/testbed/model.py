@@ -308,13 +308,13 @@ def build_testbed_model(
     the weights hash and the pretraining stats. Built in a temporary directory and renamed into place, so
     a finished entry is complete; a later call finds it and returns at once (unless force).
     """
-    from transformers import GenerationConfig
-
     config = config_from_knobs(seed, **knobs)
     root = cache_root(cache_dir)
     target = root / config.key()
     if (target / "testbed.json").exists() and not force:
         return target
+    from transformers import GenerationConfig
+
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     model, stats = pretrain(config, tokenizer, log_every=log_every, threads=threads)
