@@ -30,7 +30,7 @@ VARIANTS = ("single", "multi")
 SPLITS = ("train", "test", "all")
 TEST_SHARE = 4  # one problem in TEST_SHARE falls in the "test" split (by a hash of its start and operations)
 _INSTRUCTION = {"single": "Mod {m}, in order:", "multi": "Mod {m}, any order:"}
-_ANSWER_RE = re.compile(r"^Answer:[ \t]*(\d+)[ \t]*$", re.MULTILINE)
+_ANSWER_RE = re.compile(r"^Answer:[ \t]*([0-9]+)[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,10 @@ def verify_chain(completion: str, problem: Problem) -> Verdict:
     if problem.kind != "chain":
         raise ValueError(f"verify_chain needs a problem of kind 'chain', got {problem.kind!r} ({problem.id})")
     chain = Chain.from_meta(problem.meta)
+    if str(problem.answer).strip() not in ("", chain.number(chain.answer), str(chain.answer)):
+        raise ValueError(
+            f"problem {problem.id!r}: answer {problem.answer!r} is not its chain's {chain.answer}"
+        )
     error = first_error(completion, chain)
     extra = {
         "error_step": None if error is None else error[0],
@@ -249,10 +253,10 @@ def verify_chain(completion: str, problem: Problem) -> Verdict:
         return Verdict(0.0, "no_answer", feedback or "no 'Answer: NN' line", extra)
     extra["answer"] = match.group(1)
     body, tail = completion[: match.start()], completion[match.end() :]
-    digits = rf"\d{{{chain.width}}}"
+    digits = f"[0-9]{{{chain.width}}}"
     step_re = re.compile(f"{digits}[+-]{digits}={digits}")
     if tail.strip() or any(not step_re.fullmatch(line) for line in body.splitlines()):
         return Verdict(0.0, "malformed", feedback, extra)
-    if int(match.group(1)) != int(problem.answer):
+    if int(match.group(1)) != chain.answer:
         return Verdict(0.0, "wrong", feedback, extra)
     return Verdict(1.0, "correct", feedback, extra)

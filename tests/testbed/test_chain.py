@@ -174,3 +174,14 @@ def test_verifying_a_problem_without_chain_meta_is_a_clear_error():
     problem.meta = {}
     with pytest.raises(ValueError, match="meta"):
         verify_chain("1+1=2\nAnswer: 2", problem)
+
+
+def test_an_answer_that_contradicts_the_chain_is_a_clear_error():
+    problem = chain_problem(Chain(7, (3, -1, 2, -3)))
+    problem.answer = "5"
+    with pytest.raises(ValueError, match="answer '5'"):
+        verify_chain(CORRECT, problem)
+
+
+def test_only_ascii_digits_count():
+    assert verify_chain(CORRECT.replace("Answer: 8", "Answer: \u0668"), SINGLE).reason == "no_answer"
