@@ -147,8 +147,9 @@ class FixedBatch:
 
 
 def fixed_batch(tokenizer, n_questions: int, group_size: int, completion_len: int, *, seed: int, p=0.3):
-    """Random completion tokens and Bernoulli(p) successes; at least one group without a success and one
-    with, when there are two groups or more (the two cases HSD handles differently)."""
+    """Random completion tokens and Bernoulli(p) successes, drawn (with `seed`) until the batch looks like a
+    real one: a success rate within 0.1 of p, and, with two groups or more, at least one group without a
+    success and one with (the two cases HSD handles differently: fallback and peers)."""
     if n_questions < 1 or group_size < 2 or completion_len < 2:
         raise ValueError("--batch must be >= 1, --group-size >= 2 and --completion-len >= 2")
     rng = random.Random(seed)
@@ -157,12 +158,16 @@ def fixed_batch(tokenizer, n_questions: int, group_size: int, completion_len: in
         a, b = rng.randrange(100, 1000), rng.randrange(100, 1000)
         question = f"Compute {a} + {b}. Think step by step, then give the final answer."
         rows.append({"prompt": [{"role": "user", "content": question}], "answer": str(a + b)})
-    successes = [[rng.random() < p for _ in range(group_size)] for _ in range(n_questions)]
-    if n_questions >= 2:
-        if all(any(group) for group in successes):
-            successes[-1] = [False] * group_size
-        if not any(any(group) for group in successes):
-            successes[0][0] = True
+
+    def realistic(groups) -> bool:
+        rate = sum(map(sum, groups)) / (n_questions * group_size)
+        mixed = n_questions < 2 or (any(not any(g) for g in groups) and any(any(g) for g in groups))
+        return mixed and abs(rate - p) <= 0.1
+
+    for _ in range(10_000):
+        successes = [[rng.random() < p for _ in range(group_size)] for _ in range(n_questions)]
+        if realistic(successes):
+            break
     low, high = tokenizer.filler_start, len(tokenizer)
     completions = []
     for _ in range(n_questions * group_size):
