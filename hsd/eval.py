@@ -135,8 +135,9 @@ def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: d
     k = settings["k"]
     rewards = [[float(r) for r in rec["rewards"]] for rec in done]
     n_samples = sum(len(r) for r in rewards)
-    mean = sum(map(sum, rewards)) / n_samples if n_samples else None
-    correct = [sum(r >= 1.0 for r in rs) for rs in rewards]
+    correct = [sum(r >= 1.0 for r in rs) for rs in rewards]  # a sample counts as solved at reward 1
+    mean = sum(correct) / n_samples if n_samples else None
+    mean_reward = sum(map(sum, rewards)) / n_samples if n_samples else None  # with any partial credit
     lengths = [n for rec in done for n in rec.get("num_tokens", [])]
     truncated = [t for rec in done for t in rec.get("truncated", [])]
     summary = {
@@ -145,9 +146,10 @@ def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: d
         "n_done": len(done),
         "complete": len(done) == len(problems),
         "n_samples": n_samples,
-        "pass@1": None if settings["greedy"] else mean,  # avg@k: the mean reward over all k samples
+        "pass@1": None if settings["greedy"] else mean,  # avg@k: the share of all k samples solved
         "pass@k": None,
         "greedy": mean if settings["greedy"] else None,
+        "mean_reward": mean_reward,
         "reasons": dict(sorted(Counter(r for rec in done for r in rec["reasons"]).items())),
         "mean_completion_tokens": sum(lengths) / len(lengths) if lengths else None,
         "truncated_share": sum(truncated) / len(truncated) if truncated else None,
@@ -320,7 +322,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from hsd.models import load_model, load_tokenizer
+    from hsd.models import load_model, load_tokenizer, resolve_model
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(
@@ -350,6 +352,7 @@ def main(args: argparse.Namespace) -> int:
             "dataset": args.dataset,
             "limit": args.limit,
             "verifier": args.verifier,
+            "model_path": resolve_model(args.model).pretrained,  # where a name or alias resolved to
             "device": device,
             "threads": threads,
         },

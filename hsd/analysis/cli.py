@@ -154,7 +154,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from hsd.models import load_model, load_tokenizer
+    from hsd.models import load_model, load_tokenizer, resolve_model
     from hsd.tasks.datasets import load_problems
 
     start = time.perf_counter()
@@ -192,6 +192,7 @@ def main(args: argparse.Namespace) -> int:
             "model": args.model,
             "dataset": args.dataset,
             "verifier": args.verifier,
+            "model_path": resolve_model(args.model).pretrained,  # where a name or alias resolved to
             "device": device,
             "threads": threads,
         },

@@ -73,7 +73,8 @@ def test_eval_writes_valid_records_and_summary(tiny, problems, tmp_path):
         assert all(1 <= n <= 12 for n in record["num_tokens"])
     rewards = [r for record in records for r in record["rewards"]]
     assert summary == json.loads((tmp_path / "summary.json").read_text())
-    assert summary["pass@1"] == pytest.approx(sum(rewards) / len(rewards))
+    assert summary["pass@1"] == pytest.approx(sum(r == 1.0 for r in rewards) / len(rewards))
+    assert summary["mean_reward"] == pytest.approx(sum(rewards) / len(rewards))
     assert set(summary["pass@k"]) == {"1", "2"} and summary["pass@k"]["1"] == pytest.approx(summary["pass@1"])
     assert summary["n_samples"] == 10 and summary["complete"] and summary["greedy"] is None
     assert sum(summary["reasons"].values()) == 10
