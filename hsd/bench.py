@@ -519,7 +519,9 @@ def trainer_args(setup: BenchSetup, output_dir: str, **fields):
 
 
 def build_hsd_trainer(setup: BenchSetup, method: str, tokenizer, batch: FixedBatch, output_dir: str):
-    """`HSDTrainer` for one method on the fixed batch: scripted rollouts, fixed rewards, fresh model."""
+    """`HSDTrainer` for one method on the fixed batch: scripted rollouts, fixed rewards, fresh model.
+
+    `method` may end in `:plain` (e.g. `hsd:plain`): that trainer runs with every optimisation off."""
     from datasets import Dataset
 
     from hsd.trainer.config import HSDConfig
@@ -532,7 +534,9 @@ def build_hsd_trainer(setup: BenchSetup, method: str, tokenizer, batch: FixedBat
         device=setup.device,
         seed=setup.seed,
     )
-    args = HSDConfig(**trainer_args(setup, output_dir, method=method, **setup.overrides))
+    name, _, variant = method.partition(":")
+    overrides = {**setup.overrides, **(OPTIMISATIONS_OFF if variant == "plain" else {})}
+    args = HSDConfig(**trainer_args(setup, output_dir, method=name, **overrides))
     return HSDTrainer(
         model,
         reward_funcs=table_reward(batch),
@@ -568,7 +572,9 @@ def run_step(setup: BenchSetup, methods=METHODS) -> dict:
     tokenizer = build_tokenizer(model_config(setup.model_config).vocab_size)
     batch = fixed_batch(tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed)
     with tempfile.TemporaryDirectory() as out:
-        trainers = {m: build_hsd_trainer(setup, m, tokenizer, batch, f"{out}/{m}") for m in methods}
+        trainers = {
+            m: build_hsd_trainer(setup, m, tokenizer, batch, f"{out}/{m.replace(':', '-')}") for m in methods
+        }
         records = train_in_turns(trainers, setup.device, setup.warmup + setup.repeats)
         losses = {m: [h["loss"] for h in t.state.log_history if "loss" in h] for m, t in trainers.items()}
     results = {m: {**summarize(records[m], setup.warmup), "loss": losses[m]} for m in methods}
@@ -670,7 +676,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="{step,vs-trl}", required=True)
     step = sub.add_parser("step", help="GRPO, OPSD and HSD phase by phase on one fixed batch")
     _add_common(step)
-    step.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: grpo,opsd,hsd)")
+    step.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated (default: grpo,opsd,hsd); a name ending in :plain runs with every optimisation off",
+    )
     versus = sub.add_parser("vs-trl", help="an HSD step of HSDTrainer against a step of TRL's SDPOTrainer")
     _add_common(versus)
 
@@ -727,9 +737,13 @@ def main(args) -> int:
     setup = setup_from_args(args)
     if args.bench == "step":
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown or not methods:
-            raise ValueError(f"--methods: {unknown or 'none'} not among {', '.join(METHODS)}")
+        known = {*METHODS, *(f"{m}:plain" for m in METHODS)}
+        unknown = [m for m in methods if m not in known]
+        if unknown or not methods or len(set(methods)) != len(methods):
+            raise ValueError(
+                f"--methods {args.methods!r}: each once, among {', '.join(METHODS)} (add :plain for a method "
+                "with every optimisation off)"
+            )
         report = run_step(setup, methods)
     else:
         report = run_vs_trl(setup)

@@ -329,7 +329,9 @@ def main(args: argparse.Namespace) -> int:
 
         eval_problems = load_problems(args.eval_dataset, limit=args.eval_limit)
     out = Path(args.out)
-    seeds = [int(x) for x in args.seeds.split(",") if x] if "," in args.seeds else list(range(int(args.seeds)))
+    seeds = (
+        [int(x) for x in args.seeds.split(",") if x] if "," in args.seeds else list(range(int(args.seeds)))
+    )
     compare(
         recipe,
         methods,

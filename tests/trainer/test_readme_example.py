@@ -14,7 +14,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_readme_python_example_trains_smollm2(tmp_path, monkeypatch):
     block = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     assert "HSDTrainer(" in block and "max_steps=10" in block
-    code = block.replace("max_steps=10", "max_steps=1, logging_steps=1").replace('"runs/hsd"', repr(str(tmp_path / "run")))
+    code = block.replace("max_steps=10", "max_steps=1, logging_steps=1").replace(
+        '"runs/hsd"', repr(str(tmp_path / "run"))
+    )
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
