@@ -15,15 +15,16 @@ from pathlib import Path
 # The embedded default recipe; configs/quickstart.yaml is the same recipe for `hsd train`.
 QUICKSTART_RECIPE: dict = {
     "model": "testbed",
-    "dataset": "testbed:chain?variant=multi&n=2048&split=train",
+    "dataset": "testbed:chain?variant=single&n=2048&split=train",
     "method": "hsd",
+    "teacher_weights": "ema",
     "output_dir": "runs/quickstart-hsd",
-    "max_steps": 20,
+    "max_steps": 30,
     "per_device_train_batch_size": 32,
     "num_generations": 8,
     "max_completion_length": 80,
     "temperature": 1.0,
-    "learning_rate": 1.0e-4,
+    "learning_rate": 3.0e-4,
     "lr_scheduler_type": "constant",
     "adam_beta2": 0.95,
     "weight_decay": 0.0,
@@ -36,7 +37,7 @@ QUICKSTART_RECIPE: dict = {
     "report_to": ["tensorboard"],
     "seed": 0,
 }
-HELD_OUT = "testbed:chain?variant=multi&n=128&split=test"
+HELD_OUT = "testbed:chain?variant=single&n=128&split=test"
 METHODS = ("hsd", "grpo")
 
 
@@ -49,7 +50,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
     parser.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem")
     parser.add_argument(
-        "--analysis-problems", type=int, default=64, help="problems sampled for the credit report"
+        "--analysis-problems", type=int, default=128, help="problems sampled for the credit report"
     )
 
 

@@ -6,8 +6,14 @@ then carried into the next step, so a corrupted solution stays internally consis
 model's own slip would. The success rate at temperature 1 is then about (1 - error_rate)^steps.
 
 Context examples have a user message `DEFAULT_TEACHER_TEMPLATE.render(question, answer=..., peer=...,
-reference=...)` and an error-free target, so a model conditioned on a correct solution or on the answer
-writes a correct solution, as a pretrained LLM uses a hint.
+reference=...)` and a target that never errs, so a model conditioned on a correct solution or on the answer
+writes a correct solution, as a pretrained LLM uses a hint. A share of them (`slip_rate`) shows a slip in
+the target: one step's result is wrong, as in a student's solution, and the steps after it continue
+correctly from the wrong value. The slipped characters are left out of the loss (`Example.unscored`), so
+the model never learns to slip when it has context; it learns what to do *past* a slip in its own prefix:
+carry on from it. Without these, a teacher shown a failed rollout past its divergence tau copies its peer's
+values into the rollout's later lines, i.e. it credits wrong arithmetic (5-2=2) after the error, and
+distilling that teaches the student to ignore the operands (docs/results.md, "Why HSD collapsed").
 
 Multi-path targets with a peer or reference: the context solution may use another valid order than the
 one a rollout takes. A target that always copied the context would teach a teacher that treats every
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from hsd.tasks.chain import Chain, chain_prompt, chain_split, random_chain, worked_solution
 from hsd.templates import DEFAULT_TEACHER_TEMPLATE
@@ -29,22 +36,51 @@ from hsd.templates import DEFAULT_TEACHER_TEMPLATE
 CONTEXTS = ("none", "answer+peer", "answer", "peer", "reference")
 
 
+class Example(NamedTuple):
+    """One (user message, assistant target) pair; `unscored` lists target character spans kept out of the loss."""
+
+    user: str
+    target: str
+    unscored: tuple[tuple[int, int], ...] = ()
+
+
+def _slipped(chain: Chain, result: int, rng: random.Random) -> int:
+    """A wrong result near `result`: half slips of a plausible size (a digit or a carry), half any other."""
+    slips = (-2, -1, 1, 2) if chain.modulus == 10 else (-20, -10, -2, -1, 1, 2, 10, 20)
+    delta = rng.choice(slips) if rng.random() < 0.5 else rng.randint(1, chain.modulus - 1)
+    return chain.apply(result, delta)
+
+
 def corrupted_solution(
     chain: Chain, ordered_ops: Sequence[int], rng: random.Random, error_rate: float
 ) -> str:
     """A worked solution whose every step is wrong with probability `error_rate`; later steps start from the
     value written, so an error propagates consistently to the answer."""
-    slips = (-2, -1, 1, 2) if chain.modulus == 10 else (-20, -10, -2, -1, 1, 2, 10, 20)
     lines, value = [], chain.start
     for op in ordered_ops:
         result = chain.apply(value, op)
         if rng.random() < error_rate:
-            # half slips of a plausible size (a digit or a carry), half any other wrong value
-            delta = rng.choice(slips) if rng.random() < 0.5 else rng.randint(1, chain.modulus - 1)
-            result = chain.apply(result, delta)
+            result = _slipped(chain, result, rng)
         lines.append(chain.step_line(value, op, result))
         value = result
     return "".join(lines) + chain.answer_line(value)
+
+
+def solution_with_slip(chain: Chain, ordered_ops: Sequence[int], rng: random.Random) -> Example:
+    """A worked solution (user left empty) with one wrong result at a uniformly drawn step, correct from the
+    wrong value on; the wrong result's characters are `unscored`."""
+    slip_at = rng.randrange(len(ordered_ops))
+    text, value, unscored = "", chain.start, ()
+    for step, op in enumerate(ordered_ops):
+        result = chain.apply(value, op)
+        if step == slip_at:
+            result = _slipped(chain, result, rng)
+            line = chain.step_line(value, op, result)
+            end = len(text) + len(line) - 1  # the result sits just before the newline
+            unscored = ((end - len(chain.number(result)), end),)
+        text += chain.step_line(value, op, result)
+        value = result
+    return Example("", text + chain.answer_line(value), unscored)
 
 
 def random_order(ops: Sequence[int], rng: random.Random) -> list[int]:
@@ -68,8 +104,9 @@ def example(
     operand_max: int,
     error_rate: float,
     modulus: int,
-) -> tuple[str, str]:
-    """One (user message, assistant target) pair of the mix."""
+    slip_rate: float = 0.0,
+) -> Example:
+    """One (user message, assistant target) pair of the mix; a context example slips with `slip_rate`."""
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
@@ -79,11 +116,16 @@ def example(
     single = variant == "single"
     if context == "none":
         order = list(chain.ops) if single else random_order(chain.ops, rng)
-        return question, corrupted_solution(chain, order, rng, error_rate)
+        return Example(question, corrupted_solution(chain, order, rng, error_rate))
     answer = chain.number(chain.answer) if context.startswith("answer") else None
+    slip = rng.random() < slip_rate
+
+    def target(order: Sequence[int]) -> Example:
+        return solution_with_slip(chain, order, rng) if slip else Example("", worked_solution(chain, order))
+
     if context == "answer":
         order = list(chain.ops) if single else random_order(chain.ops, rng)
-        return DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer), worked_solution(chain, order)
+        return target(order)._replace(user=DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer))
     # peer: a successful rollout, in any valid order; reference: the given-order solution (Problem.reference)
     context_order = list(chain.ops) if single or context == "reference" else random_order(chain.ops, rng)
     context_text = worked_solution(chain, context_order)
@@ -92,7 +134,7 @@ def example(
         user = DEFAULT_TEACHER_TEMPLATE.render(question, reference=context_text)
     else:
         user = DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer, peer=context_text)
-    return user, worked_solution(chain, target_order)
+    return target(target_order)._replace(user=user)
 
 
 def sample_example(
@@ -104,7 +146,8 @@ def sample_example(
     operand_max: int,
     error_rate: float,
     modulus: int,
-) -> tuple[str, str]:
+    slip_rate: float = 0.0,
+) -> Example:
     """One example with its context kind, variant and length drawn from the mix's proportions."""
     names, weights = zip(*context_weights)
     context = rng.choices(names, weights)[0]
@@ -118,7 +161,17 @@ def sample_example(
         operand_max=operand_max,
         error_rate=error_rate,
         modulus=modulus,
+        slip_rate=slip_rate,
     )
 
 
-__all__ = ["CONTEXTS", "Chain", "corrupted_solution", "example", "order_near", "sample_example"]
+__all__ = [
+    "CONTEXTS",
+    "Chain",
+    "Example",
+    "corrupted_solution",
+    "example",
+    "order_near",
+    "sample_example",
+    "solution_with_slip",
+]

@@ -23,7 +23,7 @@ import torch
 from hsd.tasks.chain import MODULI
 from hsd.testbed.mix import CONTEXTS, sample_example
 
-CODE_VERSION = 1  # bump when a change here or in the mix changes the weights a config builds
+CODE_VERSION = 2  # bump when a change here or in the mix changes the weights a config builds
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 CHARS = tuple(c for c in string.printable if c not in "\r\x0b\x0c")  # printable ASCII, space, \t, \n
 CHAT_TEMPLATE = (
@@ -63,6 +63,9 @@ class TestbedConfig:
     modulus: int = 10
     operand_max: int = 3  # small operands: the result is close to the value, so the table is learnt fast
     multi_share: float = 0.5
+    slip_rate: float = (
+        0.5  # context examples whose target slips once (slip unscored): teaches past-tau behaviour
+    )
     context_weights: tuple[tuple[str, float], ...] = field(
         default=(("none", 0.8), ("answer+peer", 0.1), ("answer", 0.04), ("peer", 0.02), ("reference", 0.04))
     )
@@ -79,6 +82,8 @@ class TestbedConfig:
             )
         if not 0.0 <= self.error_rate < 1.0:
             raise ValueError(f"error_rate must be in [0, 1), got {self.error_rate!r}")
+        if not 0.0 <= self.slip_rate <= 1.0:
+            raise ValueError(f"slip_rate must be in [0, 1], got {self.slip_rate!r}")
         if not 0.0 <= self.multi_share <= 1.0:
             raise ValueError(f"multi_share must be in [0, 1], got {self.multi_share!r}")
         low, high = self.steps_range
@@ -168,6 +173,13 @@ def _encode_pair(
     return prompt + [char_ids[c] for c in target] + [special["<|end|>"]], len(prompt)
 
 
+def _encode_example(example, char_ids: dict[str, int], special: dict[str, int]) -> tuple[list, int, tuple]:
+    """`_encode_pair` of a mix `Example`, with its unscored spans as token positions (one token per char)."""
+    ids, target_start = _encode_pair(example.user, example.target, char_ids, special)
+    spans = tuple((target_start + start, target_start + end) for start, end in example.unscored)
+    return ids, target_start, spans
+
+
 def _batches(config: TestbedConfig, tokenizer):
     """Padded (input_ids, labels) batches, deterministic in config.seed: examples come in chunks of 16
     batches, sorted by length inside a chunk (little padding) and the batches of a chunk shuffled."""
@@ -182,23 +194,26 @@ def _batches(config: TestbedConfig, tokenizer):
         operand_max=config.operand_max,
         error_rate=config.error_rate,
         modulus=config.modulus,
+        slip_rate=config.slip_rate,
     )
     chunk = 16
     for _ in range(math.ceil(config.train_steps / chunk)):
         encoded = [
-            _encode_pair(*sample_example(rng, **knobs), char_ids, special)
+            _encode_example(sample_example(rng, **knobs), char_ids, special)
             for _ in range(chunk * config.batch_size)
         ]
         encoded.sort(key=lambda pair: len(pair[0]))
         groups = [encoded[i : i + config.batch_size] for i in range(0, len(encoded), config.batch_size)]
         rng.shuffle(groups)
         for group in groups:
-            width = max(len(ids) for ids, _ in group)
+            width = max(len(ids) for ids, _, _ in group)
             input_ids = torch.full((len(group), width), special["<pad>"], dtype=torch.long)
             labels = torch.full((len(group), width), -100, dtype=torch.long)
-            for row, (ids, target_start) in enumerate(group):
+            for row, (ids, target_start, unscored) in enumerate(group):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 labels[row, target_start : len(ids)] = input_ids[row, target_start : len(ids)]
+                for start, end in unscored:  # a slip shown in a context example is never a target
+                    labels[row, start:end] = -100
             yield input_ids, labels
 
 

@@ -64,7 +64,7 @@ def test_chat_template_matches_the_pretraining_encoding():
 def test_peer_examples_use_the_shared_teacher_template():
     import random
 
-    user, target = example(
+    user, target, unscored = example(
         random.Random(0),
         context="answer+peer",
         variant="single",
@@ -75,6 +75,61 @@ def test_peer_examples_use_the_shared_teacher_template():
     )
     question = user.split("\n\n")[0]
     assert user == DEFAULT_TEACHER_TEMPLATE.render(question, answer=target[-1], peer=target)
+    assert unscored == ()
+
+
+@pytest.mark.parametrize("variant", ["single", "multi"])
+def test_a_slipped_context_example_carries_on_from_its_slip_which_is_unscored(variant):
+    import random
+
+    from hsd.tasks.chain import Chain
+
+    rng = random.Random(3)
+    for _ in range(50):
+        user, target, unscored = example(
+            rng,
+            context="answer+peer",
+            variant=variant,
+            steps=4,
+            operand_max=3,
+            error_rate=0.0,
+            modulus=10,
+            slip_rate=1.0,
+        )
+        assert len(unscored) == 1
+        start, end = unscored[0]
+        *lines, answer_line = target.split("\n")
+        wrong = []
+        for line in lines:  # "7+3=0": value, op, operand, result
+            value, op, operand, result = int(line[0]), line[1], int(line[2]), int(line[4])
+            expected = (value + (operand if op == "+" else -operand)) % 10
+            wrong.append(result != expected)
+        assert sum(wrong) == 1  # exactly one slip
+        slip_line = wrong.index(True)
+        assert target[start:end] == lines[slip_line][4] and start == 6 * slip_line + 4
+        for previous, line in zip(lines, lines[1:]):
+            assert line[0] == previous[4]  # every later line starts from the value written, slip included
+        assert answer_line == f"Answer: {lines[-1][4]}"
+        assert Chain  # the chain's own arithmetic is what `expected` recomputes
+
+
+def test_pretraining_labels_leave_out_a_slip(tmp_path):
+    from hsd.testbed.model import DEFAULT_TESTBED, _batches
+
+    config = config_from_knobs(
+        0, batch_size=4, train_steps=16, slip_rate=1.0, context_weights=(("answer+peer", 1.0),)
+    )
+    tokenizer = build_tokenizer()
+    masked_inside_target = 0
+    for input_ids, labels in _batches(config, tokenizer):
+        for row in range(input_ids.size(0)):
+            start = (input_ids[row] == tokenizer.convert_tokens_to_ids("<|assistant|>")).nonzero()[0, 0] + 1
+            length = int((input_ids[row] != tokenizer.pad_token_id).sum())
+            target_labels = labels[row, start:length]
+            masked_inside_target += int((target_labels == -100).sum())
+            assert int((target_labels == -100).sum()) == 1  # one digit per slip, mod 10
+    assert masked_inside_target == 16 * 4
+    assert DEFAULT_TESTBED.slip_rate > 0
 
 
 def test_build_is_reproducible_from_its_seed(tiny_dir, tmp_path):
