@@ -98,7 +98,8 @@ class LiveProgress(TrainerCallback):
         cov = f"coverage {coverage:.2f}" if coverage is not None else "coverage  -  "
         self.console.print(
             f"[bold]{self.label:<18}[/] step {state.global_step:>4}/{state.max_steps:<4} "
-            f"reward {logs['reward']:.3f}  {cov}  elapsed {elapsed:5.0f}s  left ~{left:4.0f}s"
+            f"reward {logs['reward']:.3f}  {cov}  elapsed {elapsed:5.0f}s  left ~{left:4.0f}s",
+            soft_wrap=True,  # one line per step, also when the output is a file or a narrow terminal
         )
 
 

@@ -71,7 +71,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]hsd quickstart: HSD vs GRPO on the testbed")
-    console.print("testbed model: building or reusing (first build takes about 3 minutes) ...")
+    console.print(
+        "testbed model: building or reusing (a first build takes about 2 minutes on 2 idle cores) ..."
+    )
     model_dir = build_testbed_model(seed=0)
     console.print(f"testbed model: {model_dir}  ({time.time() - start:.0f}s)")
     recipe = {**QUICKSTART_RECIPE, "model": str(model_dir), "max_steps": args.steps}
