@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_prints_rates_and_the_verdicts_agree_with_the_data():
-    env = dict(os.environ, HSD_DATA_DIR=str(ROOT / ".." / "shared" / "data"))
+    env = dict(os.environ, HSD_DATA_DIR=str(ROOT / ".." / "shared" / "data"), PYTHONPATH=str(ROOT))
     sizes = ["--gsm8k", "40", "--humaneval", "6", "--math500", "10", "--mbppplus", "2", "--workers", "2"]
     command = [sys.executable, "benchmarks/verifiers.py", *sizes]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
