@@ -64,12 +64,13 @@ def main(argv: list[str]) -> int:
             ratio = "-" if not at or not off else f"{at / off:.1f}x"
             first = (
                 f"| {label} | {p:.3f} | {counts['analysed']} | {pct(credit['tau_zero_share'])} | "
-                f"{credit['median_tau']:.0f} | {pct(error)} |"
+                f"{'-' if credit['median_tau'] is None else format(credit['median_tau'], '.0f')} | {pct(error)} |"
                 if i == 0
                 else "| | | | | | |"
             )
             wall = f"{credit.get('wall_s', 0):.0f} s" if i == 0 else ""
-            print(f"{first} {context} | {at:.3f} | {off:.3f} | {ratio} | {wall} |")
+            at_text, off_text = ("-" if x is None else f"{x:.3f}" for x in (at, off))
+            print(f"{first} {context} | {at_text} | {off_text} | {ratio} | {wall} |")
     return 0
 
 
