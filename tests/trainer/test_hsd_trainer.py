@@ -114,6 +114,26 @@ def test_group_without_success_and_all_success_groups(tiny_model_dir, tmp_path):
     assert inputs["distill_mask"].sum() < n
 
 
+def test_a_batch_with_nothing_to_distil_trains_a_zero_step(tiny_model_dir, tmp_path):
+    """Fallback and success distillation off, and only groups with no success (0+b) or all successes
+    (3+b): no row is distilled. The step runs (no 'does not require grad' error), with a zero loss and
+    unchanged weights, and says so in its metrics."""
+    from datasets import Dataset
+
+    trainer = _trainer(tiny_model_dir, tmp_path, method="hsd", fallback=False, distill_successes=False)
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{a}+{b}="}], "answer": str(a + b)}
+        for a in (0, 3)
+        for b in (1, 2)
+    ]
+    trainer.train_dataset = Dataset.from_list(rows)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    logged = next(h for h in trainer.state.log_history if "loss" in h)
+    assert logged["loss"] == 0.0 and logged["hsd/distilled_frac"] == 0.0
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters()))
+
+
 def test_one_hsd_step_lowers_the_batch_divergence(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, method="hsd", learning_rate=3e-2)
     inputs = _batch(trainer)
