@@ -686,9 +686,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str], plain: bool) -> dict:
-    """`FIELD=VALUE` strings into HSDConfig keyword arguments (values read as YAML scalars)."""
-    import yaml
-
+    """`FIELD=VALUE` strings into HSDConfig keyword arguments (values read as `hsd train` reads them)."""
+    from hsd.trainer.cli import yaml_scalar
     from hsd.trainer.config import HSDConfig
 
     known = set(HSDConfig.__dataclass_fields__)
@@ -699,7 +698,7 @@ def parse_overrides(items: list[str], plain: bool) -> dict:
         name, value = item.split("=", 1)
         if name not in known:
             raise ValueError(f"--set {item!r}: HSDConfig has no field {name!r}")
-        out[name] = yaml.safe_load(value)
+        out[name] = yaml_scalar(value)
     return out
 
 

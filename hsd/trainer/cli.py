@@ -51,14 +51,14 @@ def _parse_overrides(tokens: list[str]) -> dict:
             value, i = tokens[i + 1], i + 2
         else:
             value, i = "true", i + 1
-        out[key.replace("-", "_")] = _scalar(value)
+        out[key.replace("-", "_")] = yaml_scalar(value)
     return out
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _scalar(value):
+def yaml_scalar(value):
     """A value as YAML reads it, except that 1e-3 is a number (YAML 1.1 would keep it a string)."""
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         number = float(value)
@@ -82,7 +82,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a recipe is a YAML mapping of field: value")
-        values.update({key: _scalar(value) for key, value in loaded.items()})
+        values.update({key: yaml_scalar(value) for key, value in loaded.items()})
     values.update(overrides if isinstance(overrides, dict) else _parse_overrides(list(overrides or [])))
     known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)

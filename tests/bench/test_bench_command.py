@@ -106,6 +106,11 @@ def test_plain_switches_every_teacher_pass_optimisation_off():
     assert overrides["skip_undistilled_teacher"] is False and overrides["analytic_distill_head"] is False
 
 
+def test_set_values_are_read_as_hsd_train_reads_them():
+    overrides = bench.parse_overrides(["learning_rate=1e-3", "beta=0", "divergence=jsd"], plain=False)
+    assert overrides == {"learning_rate": 0.001, "beta": 0, "divergence": "jsd"}  # 1e-3 a number, not a str
+
+
 @pytest.mark.slow
 def test_bench_step_on_the_tiny_config_writes_phases_and_ratios(tmp_path):
     out = tmp_path / "step.json"
