@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hsd import HSDConfig, HSDTrainer
-from hsd.bench import build_tokenizer, fixed_batch, scripted_rollouts, table_reward
+from hsd.bench import OPTIMISATIONS_OFF, build_tokenizer, fixed_batch, scripted_rollouts, table_reward
 from hsd.core.losses import aggregate, token_divergence
 from hsd.trainer.forward import fused_distillation, teacher_student_kl
 from hsd.trainer.prefix import distinct_prefixes
@@ -85,13 +85,7 @@ def _assert_same(a, b, rtol=1e-4, atol=1e-6):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=rtol, atol=atol, msg=name)
 
 
-PLAIN = dict(
-    skip_undistilled_teacher=False,
-    teacher_prefix_cache=False,
-    teacher_inference_mode=False,
-    analytic_distill_head=False,
-    distill_grad_cache_mb=0,
-)
+PLAIN = OPTIMISATIONS_OFF  # the plain path: every teacher-pass optimisation off
 FAST = dict(
     skip_undistilled_teacher=True,
     teacher_prefix_cache=True,

@@ -7,6 +7,21 @@ from datasets import Dataset
 
 GROUP = 4
 
+# Trainer fields every scripted run shares (tests, the accelerate step, the resume run); callers add the rest.
+TRAINER_ARGS = dict(
+    per_device_train_batch_size=16,
+    num_generations=GROUP,
+    max_completion_length=16,
+    bf16=False,
+    max_steps=1,
+    report_to=[],
+    use_cpu=True,
+    save_strategy="no",
+    seed=0,
+    logging_steps=1,
+    learning_rate=1e-2,
+)
+
 
 def arithmetic_dataset(n: int = 8) -> Dataset:
     rows = [
@@ -57,3 +72,34 @@ def make_rollout_func(tokenizer):
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     return rollout
+
+
+def scripted_trainer(
+    model_dir,
+    output_dir,
+    *,
+    cls=None,
+    config_cls=None,
+    reward_funcs=exact_answer_reward,
+    train_dataset=None,
+    callbacks=None,
+    **overrides,
+):
+    """A trainer (HSDTrainer unless `cls`) on the model in `model_dir` with scripted rollouts, the exact-answer
+    reward and `arithmetic_dataset(4)`: 4 questions x 4 rollouts, one group without a success (0+..) and one
+    where all succeed (3+..). `overrides` replace fields of TRAINER_ARGS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hsd import HSDConfig, HSDTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    args = (config_cls or HSDConfig)(output_dir=str(output_dir), **{**TRAINER_ARGS, **overrides})
+    return (cls or HSDTrainer)(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=arithmetic_dataset(4) if train_dataset is None else train_dataset,
+        processing_class=tokenizer,
+        rollout_func=make_rollout_func(tokenizer),
+        callbacks=callbacks,
+    )

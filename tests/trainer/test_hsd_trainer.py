@@ -6,40 +6,17 @@ import copy
 
 import pytest
 import torch
-from scripted import GROUP, arithmetic_dataset, exact_answer_reward, make_rollout_func
+from scripted import GROUP, TRAINER_ARGS, arithmetic_dataset, exact_answer_reward, scripted_trainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from hsd import HSDConfig, HSDTrainer
 
-COMMON = dict(
-    per_device_train_batch_size=16,
-    num_generations=GROUP,
-    max_completion_length=16,
-    bf16=False,
-    max_steps=1,
-    report_to=[],
-    use_cpu=True,
-    save_strategy="no",
-    seed=0,
-    logging_steps=1,
-    learning_rate=1e-2,
-)
+COMMON = TRAINER_ARGS
 
 
 def _trainer(model_dir, tmp_path, cls=HSDTrainer, config_cls=HSDConfig, **overrides):
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    args = config_cls(output_dir=str(tmp_path / "out"), **{**COMMON, **overrides})
-    # 4 questions x 4 rollouts = one batch: one group without success (0+..), one all-success group (3+..)
-    return cls(
-        model,
-        reward_funcs=exact_answer_reward,
-        args=args,
-        train_dataset=arithmetic_dataset(4),
-        processing_class=tokenizer,
-        rollout_func=make_rollout_func(tokenizer),
-    )
+    return scripted_trainer(model_dir, tmp_path / "out", cls=cls, config_cls=config_cls, **overrides)
 
 
 def _batch(trainer):
@@ -52,10 +29,7 @@ def _batch(trainer):
 
 def test_grpo_method_loss_equals_trl_grpo_loss(tiny_model_dir, tmp_path):
     ours = _trainer(tiny_model_dir, tmp_path, method="grpo", beta=0.0)
-    trl_args = {k: v for k, v in COMMON.items()}
-    theirs = _trainer(
-        tiny_model_dir, tmp_path, cls=GRPOTrainer, config_cls=GRPOConfig, loss_type="grpo", **trl_args
-    )
+    theirs = _trainer(tiny_model_dir, tmp_path, cls=GRPOTrainer, config_cls=GRPOConfig, loss_type="grpo")
     inputs = _batch(theirs)
     assert ours.args.distill_weight == 0 and ours.args.pg_weight == 1
     ours_loss = ours.compute_loss(ours.model, copy.copy(inputs))
@@ -195,16 +169,8 @@ def test_reward_function_that_raises_names_itself(tiny_model_dir, tmp_path):
     def broken_reward(prompts, completions, **kwargs):
         raise KeyError("score")
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    args = HSDConfig(output_dir=str(tmp_path / "o"), **COMMON)
-    trainer = HSDTrainer(
-        model,
-        reward_funcs=broken_reward,
-        args=args,
-        train_dataset=arithmetic_dataset(16),
-        processing_class=tokenizer,
-        rollout_func=make_rollout_func(tokenizer),
+    trainer = scripted_trainer(
+        tiny_model_dir, tmp_path / "o", reward_funcs=broken_reward, train_dataset=arithmetic_dataset(16)
     )
     with pytest.raises(RuntimeError, match="broken_reward"):
         trainer.train()
