@@ -75,10 +75,11 @@ def solution_with_slip(chain: Chain, ordered_ops: Sequence[int], rng: random.Ran
         result = chain.apply(value, op)
         if step == slip_at:
             result = _slipped(chain, result, rng)
-            line = chain.step_line(value, op, result)
+        line = chain.step_line(value, op, result)
+        if step == slip_at:
             end = len(text) + len(line) - 1  # the result sits just before the newline
             unscored = ((end - len(chain.number(result)), end),)
-        text += chain.step_line(value, op, result)
+        text += line
         value = result
     return Example("", text + chain.answer_line(value), unscored)
 
