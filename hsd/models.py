@@ -104,7 +104,3 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
         model = model.to(device)
     return model.eval()
 
-
-def load_model_and_tokenizer(name_or_path: str, *, dtype=None, device: str | None = None):
-    """`(model, tokenizer)` for any supported model argument."""
-    return load_model(name_or_path, dtype=dtype, device=device), load_tokenizer(name_or_path)

@@ -10,33 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from importlib import resources
 from pathlib import Path
 
-# The embedded default recipe; configs/quickstart.yaml is the same recipe for `hsd train`.
-QUICKSTART_RECIPE: dict = {
-    "model": "testbed",
-    "dataset": "testbed:chain?variant=single&n=2048&split=train",
-    "method": "hsd",
-    "teacher_weights": "ema",
-    "output_dir": "runs/quickstart-hsd",
-    "max_steps": 30,
-    "per_device_train_batch_size": 32,
-    "num_generations": 8,
-    "max_completion_length": 80,
-    "temperature": 1.0,
-    "learning_rate": 3.0e-4,
-    "lr_scheduler_type": "constant",
-    "adam_beta2": 0.95,
-    "weight_decay": 0.0,
-    "beta": 0.0,
-    "use_cpu": True,
-    "bf16": False,
-    "logging_steps": 1,
-    "save_steps": 10,
-    "save_total_limit": 2,
-    "report_to": ["tensorboard"],
-    "seed": 0,
-}
+import yaml
+
+# The quick-start recipe, shipped as package data; configs/quickstart.yaml links to this file.
+RECIPE_FILE = resources.files("hsd") / "recipes" / "quickstart.yaml"
+
+
+def quickstart_recipe() -> dict:
+    """The quick-start recipe (the fields of `hsd train --config configs/quickstart.yaml`)."""
+    return yaml.safe_load(RECIPE_FILE.read_text())
+
+
 HELD_OUT = "testbed:chain?variant=single&n=128&split=test"
 METHODS = ("hsd", "grpo")
 
@@ -44,7 +31,7 @@ METHODS = ("hsd", "grpo")
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="run directory")
     parser.add_argument(
-        "--steps", type=int, default=QUICKSTART_RECIPE["max_steps"], help="training steps per method"
+        "--steps", type=int, default=quickstart_recipe()["max_steps"], help="training steps per method"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed shared by both methods")
     parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
@@ -76,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     )
     model_dir = build_testbed_model(seed=0)
     console.print(f"testbed model: {model_dir}  ({time.time() - start:.0f}s)")
-    recipe = {**QUICKSTART_RECIPE, "model": str(model_dir), "max_steps": args.steps}
+    recipe = {**quickstart_recipe(), "model": str(model_dir), "max_steps": args.steps}
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     held_out = load_problems(HELD_OUT)
     results = compare(
@@ -102,8 +89,8 @@ def main(args: argparse.Namespace) -> int:
         load_tokenizer(hsd_final),
         analysis_problems,
         out_dir=out / "credit",
-        group_size=QUICKSTART_RECIPE["num_generations"],
-        max_new_tokens=QUICKSTART_RECIPE["max_completion_length"],
+        group_size=recipe["num_generations"],
+        max_new_tokens=recipe["max_completion_length"],
         min_failures=64,
         seed=args.seed,
         progress=False,

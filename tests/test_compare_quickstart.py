@@ -1,5 +1,5 @@
 """`hsd compare` on a tiny random model: a well-formed table and plot for 2 methods x 2 seeds; a rerun
-skips finished runs. The quick start's embedded recipe is the one in configs/quickstart.yaml."""
+skips finished runs. The quick start's recipe is the package's, and configs/quickstart.yaml is that file."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import pytest
 import yaml
 
 from hsd.compare import compare
-from hsd.quickstart import QUICKSTART_RECIPE
+from hsd.quickstart import RECIPE_FILE, quickstart_recipe
 from hsd.tasks.datasets import load_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_recipe_matches_configs_quickstart_yaml():
-    assert yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text()) == QUICKSTART_RECIPE
+def test_configs_quickstart_yaml_is_the_packaged_recipe():
+    assert (ROOT / "configs" / "quickstart.yaml").resolve() == Path(str(RECIPE_FILE)).resolve()
+    assert quickstart_recipe()["model"] == "testbed"
+    assert yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text()) == quickstart_recipe()
 
 
 @pytest.mark.slow

@@ -14,13 +14,6 @@ from torch.utils.checkpoint import checkpoint
 # kl_teacher_student: Eq. 13, the default. See `token_divergence` for the others.
 DIVERGENCE_KINDS = ("kl_teacher_student", "kl_student_teacher", "jsd", "sampled_token", "topk")
 AGGREGATION_MODES = ("sequence_mean", "token_mean", "fixed_length")
-# TRL GRPOConfig.loss_type -> the aggregation that normalises the same way
-TRL_LOSS_TYPE_AGGREGATION = {
-    "grpo": "sequence_mean",
-    "bnpo": "token_mean",
-    "dapo": "token_mean",
-    "dr_grpo": "fixed_length",
-}
 
 
 def _check_options(kind: str, alpha: float | None, topk: int | None, clip: float | None) -> float:

@@ -18,12 +18,6 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _WORKER_MODULES = ("reasoning_gym", "hsd.tasks.gym")
 
 
-def dataset_names() -> list[str]:
-    from reasoning_gym.factory import DATASETS
-
-    return sorted(DATASETS)
-
-
 @lru_cache(maxsize=64)
 def _dataset(name: str, config_json: str, seed: int, size: int):
     import reasoning_gym

@@ -8,7 +8,6 @@ import atexit
 import importlib
 import os
 import pickle
-import select
 import signal
 import struct
 import subprocess
@@ -18,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hsd.tasks.sandbox_runner import read_exact
 
 _FRAME_HEADER = struct.Struct("!Q")
 _READY = "ready"
@@ -39,24 +40,9 @@ def _write_frame(fd: int, obj: Any) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
-    chunks, missing = [], size
-    while missing:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise TimeoutError
-        chunk = os.read(fd, min(missing, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
-
-
 def _read_frame(fd: int, deadline: float | None) -> Any:
-    (size,) = _FRAME_HEADER.unpack(_read_exact(fd, _FRAME_HEADER.size, deadline))
-    return pickle.loads(_read_exact(fd, size, deadline))
+    (size,) = _FRAME_HEADER.unpack(read_exact(fd, _FRAME_HEADER.size, deadline))
+    return pickle.loads(read_exact(fd, size, deadline))
 
 
 class DeadlineWorker:

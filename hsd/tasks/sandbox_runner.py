@@ -147,7 +147,7 @@ def send(fd: int, obj, deadline: float) -> None:
         data = data[os.write(fd, data[: 1 << 16]) :]
 
 
-def _receive_exact(fd: int, size: int, deadline: float | None) -> bytes:
+def read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     chunks, missing = [], size
     while missing:
         if deadline is not None:
@@ -163,10 +163,10 @@ def _receive_exact(fd: int, size: int, deadline: float | None) -> bytes:
 
 
 def receive(fd: int, deadline: float | None):
-    (size,) = _HEADER.unpack(_receive_exact(fd, _HEADER.size, deadline))
+    (size,) = _HEADER.unpack(read_exact(fd, _HEADER.size, deadline))
     if size > MAX_FRAME:
         raise OverflowError(f"reply of {size} bytes exceeds {MAX_FRAME}")
-    return json.loads(_receive_exact(fd, size, deadline))
+    return json.loads(read_exact(fd, size, deadline))
 
 
 # ---------------------------------------------------------------- isolation set up by the judge
@@ -813,8 +813,8 @@ JOB_HEADER = struct.Struct("!Q")
 
 def read_job_part() -> dict:
     """One length-prefixed JSON part of the job from stdin, read exactly (nothing beyond it is buffered)."""
-    (size,) = JOB_HEADER.unpack(_receive_exact(0, JOB_HEADER.size, None))
-    return json.loads(_receive_exact(0, size, None))
+    (size,) = JOB_HEADER.unpack(read_exact(0, JOB_HEADER.size, None))
+    return json.loads(read_exact(0, size, None))
 
 
 def _not_dumpable() -> None:

@@ -270,7 +270,7 @@ class _TeacherStudentKL(torch.autograd.Function):
         )
 
 
-def analytic_head_supported(lm_head, kind: str, topk) -> bool:
+def analytic_head_supported(lm_head, kind: str) -> bool:
     """Whether `teacher_student_kl` can serve this call: Eq. 13, a plain (unsharded, unpatched) linear head."""
     weight = getattr(lm_head, "weight", None)
     if kind != "kl_teacher_student" or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -367,7 +367,7 @@ def install_hsd_forward(model) -> None:
         if (
             getattr(self, "_hsd_analytic_head", True)
             and token_ids.numel()
-            and analytic_head_supported(lm_head, spec["kind"], spec.get("topk"))
+            and analytic_head_supported(lm_head, spec["kind"])
         ):
             return teacher_student_kl(
                 teacher_NH,
