@@ -103,4 +103,3 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
     if device is not None:
         model = model.to(device)
     return model.eval()
-
