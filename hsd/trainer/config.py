@@ -13,6 +13,7 @@ from trl import GRPOConfig
 from hsd.core.contexts import CONTEXT_MODES
 from hsd.core.losses import DIVERGENCE_KINDS
 from hsd.core.peers import RULES as PEER_RULES
+from hsd.core.positions import DISTILL_POSITIONS
 from hsd.templates import TeacherTemplate
 
 TEACHER_WEIGHTS = ("live", "ema", "frozen")
@@ -138,6 +139,22 @@ class HSDConfig(GRPOConfig):
         default=None,
         metadata={"help": "Clamp each per-token divergence to at most this value (None: no clip)."},
     )
+    teacher_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Teacher sharpened (< 1) or flattened (> 1): pT proportional to pT^(1/teacher_temperature)."
+        },
+    )
+    distill_positions: str = field(
+        default="all",
+        metadata={
+            "help": f"Positions distilled: {', '.join(DISTILL_POSITIONS)} (the last two: failures with a peer)."
+        },
+    )
+    tau_window: int = field(
+        default=2,
+        metadata={"help": "Half-width w of distill_positions=tau_window: positions with |t - tau| <= w."},
+    )
     distill_weight: float | None = field(
         default=None, metadata={"help": "Weight of the distillation loss (pure HSD 1.0). Preset if unset."}
     )
@@ -229,6 +246,17 @@ class HSDConfig(GRPOConfig):
         _check_choice("peer_rule", self.peer_rule, PEER_RULES)
         _check_choice("divergence", self.divergence, DIVERGENCE_KINDS)
         _check_choice("teacher_weights", self.teacher_weights, TEACHER_WEIGHTS)
+        _check_choice("distill_positions", self.distill_positions, DISTILL_POSITIONS)
+        if isinstance(self.tau_window, bool) or not isinstance(self.tau_window, int) or self.tau_window < 0:
+            raise ValueError(f"HSDConfig.tau_window={self.tau_window!r} must be an int >= 0")
+        temperature = self.teacher_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+            raise ValueError(f"HSDConfig.teacher_temperature={temperature!r} must be a number > 0")
+        if self.distill_positions != "all" and self.context not in ("hsd", "peer"):
+            raise ValueError(
+                f"HSDConfig.distill_positions={self.distill_positions!r} needs tau, i.e. a context with a peer "
+                f"(hsd or peer), got context={self.context!r}"
+            )
         if self.divergence_alpha is not None and not 0.0 <= self.divergence_alpha <= 1.0:
             raise ValueError(f"HSDConfig.divergence_alpha={self.divergence_alpha} must be in [0, 1]")
         if self.divergence == "topk" and not self.divergence_topk:

@@ -7,6 +7,7 @@ wrapped model runs it with the engine's hooks, and [B, T, V] logits never exist 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -15,11 +16,35 @@ from hsd.core.losses import token_divergence
 from hsd.trainer.prefix import prefix_shared_hidden
 
 
-def _distill_chunk(teacher_h, student_h, token_ids, lm_head, temperature, kind, alpha, topk, clip):
-    """Divergence and sampled-token log-probs on one chunk of positions (teacher side detached)."""
+class DistillTerms(NamedTuple):
+    """Per-position terms of the student pass, each [N] (or [B, T] once scattered back): the divergence
+    (differentiable), log pS(o_t) (differentiable), and, without gradient, log pT(o_t) and both entropies
+    H = -sum_v p(v) log p(v). The teacher is the sharpened pT^(1/teacher_temperature), renormalised."""
+
+    divergence: torch.Tensor
+    student_logp: torch.Tensor
+    teacher_logp: torch.Tensor
+    student_entropy: torch.Tensor
+    teacher_entropy: torch.Tensor
+
+
+def _entropy_rows(logits_NV: torch.Tensor, lse_N: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """H = lse - sum_v softmax(z)(v) z(v) per row, `block` rows at a time (no [N, V] temporary)."""
+    out = logits_NV.new_empty(logits_NV.size(0))
+    for start in range(0, logits_NV.size(0), block):
+        z = logits_NV[start : start + block]
+        lse = lse_N[start : start + block]
+        out[start : start + block] = lse - torch.linalg.vecdot((z - lse[:, None]).exp(), z)
+    return out
+
+
+def _distill_chunk(
+    teacher_h, student_h, token_ids, lm_head, temperature, kind, alpha, topk, clip, teacher_temperature=1.0
+):
+    """Divergence, sampled-token log-probs and entropies on one chunk of positions (teacher detached)."""
     student_logits = lm_head(student_h).float() / temperature
     with torch.no_grad():
-        teacher_logits = lm_head(teacher_h.detach()).float() / temperature
+        teacher_logits = lm_head(teacher_h.detach()).float() / (temperature * teacher_temperature)
     div = token_divergence(
         teacher_logits[None],
         student_logits[None],
@@ -32,7 +57,10 @@ def _distill_chunk(teacher_h, student_h, token_ids, lm_head, temperature, kind, 
     ids = token_ids[:, None]
     student_logp = torch.log_softmax(student_logits, dim=-1).gather(-1, ids)[:, 0]
     teacher_logp = torch.log_softmax(teacher_logits, dim=-1).gather(-1, ids)[:, 0]
-    return div, student_logp, teacher_logp
+    with torch.no_grad():
+        student_ent = _entropy_rows(student_logits.detach(), student_logits.detach().logsumexp(-1))
+        teacher_ent = _entropy_rows(teacher_logits, teacher_logits.logsumexp(-1))
+    return div, student_logp, teacher_logp, student_ent, teacher_ent
 
 
 def _logp_chunk(hidden, token_ids, lm_head, temperature):
@@ -65,13 +93,15 @@ def fused_distillation(
     topk: int | None = None,
     clip: float | None = None,
     chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per position: divergence (Eq. 13 by default), student log pS(o_t) and teacher log pT(o_t).
+    teacher_temperature: float = 1.0,
+) -> DistillTerms:
+    """Per position: divergence (Eq. 13 by default), log pS(o_t), log pT(o_t) and both entropies.
 
     Computed chunk by chunk under activation checkpointing: each chunk's logits are rebuilt in the backward
-    pass instead of being kept, so memory holds one chunk of [chunk, V] logits per side at a time.
+    pass instead of being kept, so memory holds one chunk of [chunk, V] logits per side at a time. The
+    teacher's logits are divided by `teacher_temperature` too (pT^(1/teacher_temperature), renormalised).
     """
-    divs, s_logps, t_logps = [], [], []
+    parts = []
     for chunk in range(_chunks_on_every_rank(student_hidden_NH.size(0), chunk_size)):
         sl = slice(chunk * chunk_size, (chunk + 1) * chunk_size)  # may be empty on this process
         args = (
@@ -84,18 +114,17 @@ def fused_distillation(
             alpha,
             topk,
             clip,
+            teacher_temperature,
         )
         if torch.is_grad_enabled() and student_hidden_NH.requires_grad:
-            d, s, t = checkpoint(_distill_chunk, *args, use_reentrant=False)
+            parts.append(checkpoint(_distill_chunk, *args, use_reentrant=False))
         else:
-            d, s, t = _distill_chunk(*args)
-        divs.append(d)
-        s_logps.append(s)
-        t_logps.append(t)
-    if not divs:  # nothing to distil here: empty results still tied to the graph, so backward runs
+            parts.append(_distill_chunk(*args))
+    if not parts:  # nothing to distil here: empty results still tied to the graph, so backward runs
         empty = student_hidden_NH.float().sum(-1)
-        return empty, empty, empty.detach()
-    return torch.cat(divs), torch.cat(s_logps), torch.cat(t_logps).detach()
+        return DistillTerms(empty, empty, *(empty.detach(),) * 3)
+    div, s_logp, t_logp, s_ent, t_ent = (torch.cat(column) for column in zip(*parts, strict=True))
+    return DistillTerms(div, s_logp, t_logp.detach(), s_ent.detach(), t_ent.detach())
 
 
 def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chunk_size=1024) -> torch.Tensor:
@@ -153,10 +182,13 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 
 class _TeacherStudentKL(torch.autograd.Function):
-    """KL(pT || pS) (Eq. 13), log pS(o_t) and log pT(o_t) from hidden states, with the gradient worked out.
+    """KL(pT || pS) (Eq. 13), log pS(o_t), log pT(o_t) and both entropies from hidden states, with the
+    gradient worked out.
 
-    Forward: per chunk, both logits z (divided by the temperature), their log-normalisers, and
-        KL = sum_v pT(v) (z_T(v) - z_S(v)) - log Z_T + log Z_S.
+    Forward: per chunk, both logits z (divided by the temperature; the teacher's also by the teacher
+    temperature, pT ∝ pT^(1/T_teacher)), their log-normalisers, and
+        KL = sum_v pT(v) (z_T(v) - z_S(v)) - log Z_T + log Z_S,
+        H = log Z - sum_v p(v) z(v) for each side (diagnostics, no gradient).
     Backward: the gradient of the student logits is written directly,
         dL/dz_S = g_KL (pS - pT) + g_logp (onehot(o_t) - pS),
     then one matmul each for the hidden states and the head's weight; no autograd graph over [chunk, V].
@@ -166,14 +198,25 @@ class _TeacherStudentKL(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, temperature, chunk_size, clip, keep_grad
+        ctx,
+        student_NH,
+        teacher_NH,
+        token_ids_N,
+        weight_VH,
+        bias_V,
+        temperature,
+        chunk_size,
+        clip,
+        keep_grad,
+        teacher_temperature=1.0,
     ):
         dtype = _compute_dtype(student_NH)
-        inv_t = 1.0 / temperature
+        inv_t, inv_t_teacher = 1.0 / temperature, 1.0 / (temperature * teacher_temperature)
         N = student_NH.size(0)
         divergence_N = student_NH.new_empty(N, dtype=torch.float32)
         student_logp_N, teacher_logp_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
         student_lse_N, teacher_lse_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
+        student_ent_N, teacher_ent_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
         kept_NV = student_NH.new_empty((N, weight_VH.size(0)), dtype=dtype) if keep_grad else None
         with torch.autocast(student_NH.device.type, enabled=False):
             weight = weight_VH.to(dtype)
@@ -181,10 +224,12 @@ class _TeacherStudentKL(torch.autograd.Function):
                 sl = slice(start, start + chunk_size)
                 ids = token_ids_N[sl, None]
                 z_student = _logits_fp32(student_NH[sl].to(dtype), weight, bias_V, inv_t)
-                z_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t)
+                z_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t_teacher)
                 lse_student, lse_teacher = z_student.logsumexp(-1), z_teacher.logsumexp(-1)
                 student_logp_N[sl] = z_student.gather(-1, ids)[:, 0] - lse_student
                 teacher_logp_N[sl] = z_teacher.gather(-1, ids)[:, 0] - lse_teacher
+                student_ent_N[sl] = _entropy_rows(z_student, lse_student)
+                teacher_ent_N[sl] = _entropy_rows(z_teacher, lse_teacher)
                 p_student = (z_student - lse_student[:, None]).exp_() if keep_grad else None
                 gap = torch.sub(z_teacher, z_student, out=z_student)  # z_T - z_S, in place
                 p_teacher = z_teacher.sub_(lse_teacher[:, None]).exp_()
@@ -201,11 +246,12 @@ class _TeacherStudentKL(torch.autograd.Function):
             student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N, kept_NV
         )
         ctx.keep_N, ctx.inv_t, ctx.chunk_size, ctx.dtype = keep_N, inv_t, chunk_size, dtype
-        ctx.mark_non_differentiable(teacher_logp_N)
-        return divergence_N, student_logp_N, teacher_logp_N
+        ctx.inv_t_teacher = inv_t_teacher
+        ctx.mark_non_differentiable(teacher_logp_N, student_ent_N, teacher_ent_N)
+        return divergence_N, student_logp_N, teacher_logp_N, student_ent_N, teacher_ent_N
 
     @staticmethod
-    def backward(ctx, grad_divergence_N, grad_student_logp_N, _):
+    def backward(ctx, grad_divergence_N, grad_student_logp_N, *_):
         student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N, kept_NV = (
             ctx.saved_tensors
         )
@@ -240,7 +286,7 @@ class _TeacherStudentKL(torch.autograd.Function):
                 else:
                     p_student = _logits_fp32(h_student, weight, bias_V, inv_t)
                     p_student.sub_(student_lse_N[sl, None]).exp_()
-                    p_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, inv_t)
+                    p_teacher = _logits_fp32(teacher_NH[sl].to(dtype), weight, bias_V, ctx.inv_t_teacher)
                     p_teacher.sub_(teacher_lse_N[sl, None]).exp_()
                     # dL/dz_S = g_div (pS - pT) + g_logp (onehot - pS)
                     coef = g_div_n if g_logp_n is None else g_div_n - g_logp_n
@@ -263,6 +309,7 @@ class _TeacherStudentKL(torch.autograd.Function):
             None,
             grad_weight.to(weight_VH.dtype) if need_weight else None,
             grad_bias.to(bias_V.dtype) if need_bias else None,
+            None,
             None,
             None,
             None,
@@ -292,7 +339,8 @@ def teacher_student_kl(
     clip=None,
     chunk_size=1024,
     keep_grad_bytes: float = 0,
-):
+    teacher_temperature: float = 1.0,
+) -> DistillTerms:
     """`fused_distillation` for Eq. 13 with a worked-out gradient (same values and gradients, fewer passes).
 
     The [N, V] student-logit gradient is kept from the forward when it fits in `keep_grad_bytes` (and
@@ -301,16 +349,19 @@ def teacher_student_kl(
     dtype = _compute_dtype(student_hidden_NH)
     size = student_hidden_NH.size(0) * lm_head.weight.size(0) * torch.empty((), dtype=dtype).element_size()
     keep = torch.is_grad_enabled() and student_hidden_NH.requires_grad and size <= keep_grad_bytes
-    return _TeacherStudentKL.apply(
-        student_hidden_NH,
-        teacher_hidden_NH.detach(),
-        token_ids_N,
-        lm_head.weight,
-        lm_head.bias,
-        float(temperature),
-        int(chunk_size),
-        clip,
-        keep,
+    return DistillTerms(
+        *_TeacherStudentKL.apply(
+            student_hidden_NH,
+            teacher_hidden_NH.detach(),
+            token_ids_N,
+            lm_head.weight,
+            lm_head.bias,
+            float(temperature),
+            int(chunk_size),
+            clip,
+            keep,
+            float(teacher_temperature),
+        )
     )
 
 
@@ -330,8 +381,9 @@ def install_hsd_forward(model) -> None:
     - `model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=dict(prefix_of_row, completion_ids,
       completion_mask))` -> the same hidden states for [prefix ; completion] rows, each distinct prefix run
       once and its KV cache shared (`hsd.trainer.prefix`).
-    - `model(input_ids, attention_mask, hsd_distill=dict(...))` -> (divergence, student logp, teacher logp) at
-      the selected completion positions, from one backbone pass (the student pass).
+    - `model(input_ids, attention_mask, hsd_distill=dict(...))` -> `DistillTerms` (divergence, student and
+      teacher log p(o_t), student and teacher entropies) at the selected completion positions, from one
+      backbone pass (the student pass).
     """
     if getattr(model, "_hsd_forward_installed", False):
         return
@@ -378,6 +430,7 @@ def install_hsd_forward(model) -> None:
                 clip=spec.get("clip"),
                 chunk_size=spec.get("chunk_size", 1024),
                 keep_grad_bytes=getattr(self, "_hsd_keep_grad_bytes", 0),
+                teacher_temperature=spec.get("teacher_temperature", 1.0),
             )
         return fused_distillation(
             teacher_NH,
@@ -390,6 +443,7 @@ def install_hsd_forward(model) -> None:
             topk=spec.get("topk"),
             clip=spec.get("clip"),
             chunk_size=spec.get("chunk_size", 1024),
+            teacher_temperature=spec.get("teacher_temperature", 1.0),
         )
 
     model.forward = forward.__get__(model)

@@ -24,8 +24,9 @@ from hsd.core.contexts import build_contexts
 from hsd.core.divergence import first_divergence
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.peers import group_outcomes, select_peers
+from hsd.core.positions import distill_position_mask, rollout_regions
 from hsd.trainer.config import HSDConfig
-from hsd.trainer.forward import chunked_token_logps, install_hsd_forward, set_distill_head
+from hsd.trainer.forward import DistillTerms, chunked_token_logps, install_hsd_forward, set_distill_head
 from hsd.trainer.prefix import distinct_prefixes, supports_shared_prefix
 from hsd.trainer.teacher import teacher_input_ids
 
@@ -312,6 +313,9 @@ class HSDTrainer(GRPOTrainer):
             )
             taus.append(-1 if tau is None else tau)
         output["hsd_tau"] = torch.tensor(taus, device=device)
+        output["hsd_success"] = torch.tensor(
+            [bool(scored[g] >= args.success_threshold) for g in local], device=device
+        )
 
         n = len(contexts)
         with_peer = sum(c is not None and c.peer is not None for c in contexts)
@@ -395,8 +399,10 @@ class HSDTrainer(GRPOTrainer):
             out[index] = hidden
         return out
 
-    def _student_terms(self, model, inputs, positions: torch.Tensor, teacher_hidden: torch.Tensor):
-        """One student pass: divergence, log pS(o_t) and log pT(o_t), each [B, T] (zero off `positions`)."""
+    def _student_terms(
+        self, model, inputs, positions: torch.Tensor, teacher_hidden: torch.Tensor
+    ) -> DistillTerms:
+        """One student pass: `DistillTerms`, each [B, T] (zero off `positions`)."""
         args = self.args
         completion_ids = inputs["completion_ids"]
         spec = dict(
@@ -409,20 +415,21 @@ class HSDTrainer(GRPOTrainer):
             topk=args.divergence_topk,
             clip=args.divergence_clip,
             chunk_size=args.divergence_chunk_size,
+            teacher_temperature=args.teacher_temperature,
         )
         with self._timed("student_forward"):
-            div, s_logp, t_logp = model(
+            terms = model(
                 input_ids=torch.cat([inputs["prompt_ids"], completion_ids], dim=1),
                 attention_mask=torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
                 hsd_distill=spec,
             )
         shape = completion_ids.shape
         out = []
-        for values in (div, s_logp, t_logp):
+        for values in terms:
             full = torch.zeros(shape, dtype=values.dtype, device=values.device)
             full[positions] = values
             out.append(full)
-        return out
+        return DistillTerms(*out)
 
     def _loss_mask(self, inputs) -> torch.Tensor:
         mask = inputs["completion_mask"]
@@ -443,9 +450,14 @@ class HSDTrainer(GRPOTrainer):
         with_ref = self.beta != 0.0 and self.args.pg_weight == 0
         positions = mask.bool() & (distill[:, None] | with_ref)
         teacher_hidden = self._teacher_hidden(model, inputs, distill)
-        div, s_logp, t_logp = self._student_terms(model, inputs, positions, teacher_hidden)
+        terms = self._student_terms(model, inputs, positions, teacher_hidden)
+        div, s_logp, t_logp = terms.divergence, terms.student_logp, terms.teacher_logp
         distill_mask = mask * distill[:, None].float()
-        loss = self._aggregate(div, distill_mask)
+        self._log_diagnostics(inputs, terms, distill_mask)
+        kept = distill_position_mask(
+            inputs["hsd_tau"], mask.size(1), self.args.distill_positions, self.args.tau_window
+        )
+        loss = self._aggregate(div, distill_mask * kept.float())
         if with_ref:  # sequence-level KL to the initial policy, beta (method doc, step 7)
             kl = reference_kl(s_logp, inputs["ref_per_token_logps"])
             loss = loss + self.beta * self._aggregate(kl, mask)
@@ -462,7 +474,8 @@ class HSDTrainer(GRPOTrainer):
         positions = mask & distill[:, None]
         teacher_hidden = self._teacher_hidden(model, inputs, distill)
         with torch.no_grad():
-            _, s_logp, t_logp = self._student_terms(model, inputs, positions, teacher_hidden)
+            terms = self._student_terms(model, inputs, positions, teacher_hidden)
+        s_logp, t_logp = terms.student_logp, terms.teacher_logp
         weights = rlsd_token_weights(inputs["advantages"], t_logp, s_logp, args.rlsd_eps)
         weights = torch.where(positions, weights, torch.ones_like(weights))
         self._log_credit(inputs, None, (t_logp - s_logp), positions.float())
@@ -488,6 +501,34 @@ class HSDTrainer(GRPOTrainer):
         totals = self.accelerator.reduce(totals, reduction="sum")
         mode = "train" if self.model.training else "eval"
         self._metrics[mode][name].append((totals[0] / totals[1].clamp(min=1.0)).item())
+
+    def _log_diagnostics(self, inputs, terms: DistillTerms, scored_BT: torch.Tensor) -> None:
+        """Can the teacher still teach? Mean p(o_t) of the sampled token and mean entropy of each side, over
+        every scored position (`hsd/teacher_p_token`, ...) and per region (`.../success`,
+        `.../failed_before_tau`, `.../failed_at_tau`, `.../failed_after_tau`, `.../failed_no_peer`)."""
+        regions = rollout_regions(inputs["hsd_tau"], inputs["hsd_success"], scored_BT.size(1))
+        values = {
+            "teacher_p_token": terms.teacher_logp.exp(),
+            "student_p_token": terms.student_logp.detach().exp(),
+            "teacher_entropy": terms.teacher_entropy,
+            "student_entropy": terms.student_entropy,
+        }
+        means = {}
+        for suffix, region in [("", None), *regions.items()]:
+            where = scored_BT if region is None else scored_BT * region.float()
+            for name, value in values.items():
+                means[f"hsd/{name}" + (f"/{suffix}" if suffix else "")] = (value, where)
+        self._log_means(means)
+
+    def _log_means(self, named: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Masked means of several [B, T] values over all processes (one reduce); a name whose mask is empty
+        everywhere is not logged this step."""
+        totals = torch.stack([torch.stack([(v * m).sum(), m.sum()]).float() for v, m in named.values()])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        mode = "train" if self.model.training else "eval"
+        for name, (total, count) in zip(named, totals.tolist(), strict=True):
+            if count > 0:
+                self._metrics[mode][name].append(total / count)
 
     def _log_credit(self, inputs, div, credit, distill_mask) -> None:
         """Mean divergence, distilled tokens, and mean |A_t| (Eq. 2) at tau versus elsewhere."""
