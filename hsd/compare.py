@@ -7,6 +7,7 @@ ones resume from their last checkpoint); then `comparison.md` and `learning_curv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from hsd.stats import curve_auc, mean_std, paired_difference
 
 ACCEPTS_OVERRIDES = True  # extra --field value pairs override the recipe for every run
 
@@ -32,9 +35,10 @@ class HeldOutAccuracy(TrainerCallback):
         max_new_tokens: int,
         path: Path,
         seed: int = 0,
+        metric: str = "eval/accuracy",
     ):
         self.problems, self.every, self.k, self.temperature = problems, every, k, temperature
-        self.max_new_tokens, self.path, self.seed = max_new_tokens, Path(path), seed
+        self.max_new_tokens, self.path, self.seed, self.metric = max_new_tokens, Path(path), seed, metric
         self.trainer = None
 
     def _measure(self, model, tokenizer, step: int) -> float:
@@ -74,7 +78,7 @@ class HeldOutAccuracy(TrainerCallback):
             if step not in self._done_steps():
                 accuracy = self._measure(model, processing_class, step)
                 if self.trainer is not None:
-                    self.trainer.log({"eval/accuracy": accuracy})
+                    self.trainer.log({self.metric: accuracy})
 
 
 class LiveProgress(TrainerCallback):
@@ -114,9 +118,11 @@ def run_method(
     eval_every: int = 5,
     eval_k: int = 4,
     eval_temperature: float = 1.0,
+    validation_problems=None,
     console=None,
 ) -> dict:
-    """Train one (method, seed) run of `recipe` into `out`; return its summary (cached in done.json)."""
+    """Train one (method, seed) run of `recipe` into `out`; return its summary (cached in done.json).
+    Held-out accuracy goes to eval.jsonl, validation accuracy (when given) to validation.jsonl."""
     from hsd.trainer.cli import build_trainer, load_recipe
 
     done = out / "done.json"
@@ -129,24 +135,31 @@ def run_method(
         json.dumps({"script": vars(script), "config": args.to_dict()}, indent=2, default=str)
     )
     callbacks = [LiveProgress(f"{method} seed {seed}", console)]
-    held_out = None
-    if eval_problems:
-        held_out = HeldOutAccuracy(
-            eval_problems,
-            every=eval_every,
-            k=eval_k,
-            temperature=eval_temperature,
-            max_new_tokens=args.max_completion_length,
-            path=out / "eval.jsonl",
-            seed=seed,
-        )
-        callbacks.append(held_out)
+    held_out = []
+    for problems, name, metric in (
+        (eval_problems, "eval.jsonl", "eval/accuracy"),
+        (validation_problems, "validation.jsonl", "eval/validation_accuracy"),
+    ):
+        if problems:
+            held_out.append(
+                HeldOutAccuracy(
+                    problems,
+                    every=eval_every,
+                    k=eval_k,
+                    temperature=eval_temperature,
+                    max_new_tokens=args.max_completion_length,
+                    path=out / name,
+                    seed=seed,
+                    metric=metric,
+                )
+            )
+    callbacks += held_out
     trainer = build_trainer(script, args, callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # LiveProgress prints one line per step instead
-    if held_out is not None:
-        held_out.trainer = trainer
+    for callback in held_out:
+        callback.trainer = trainer
     start = time.time()
     resume = True if any(out.glob("checkpoint-*")) else None
     trainer.train(resume_from_checkpoint=resume)
@@ -166,8 +179,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 def summarize_run(out: Path) -> dict:
     """Accuracy curve, reward curve and median per-phase times of one run directory."""
     metrics = [m for m in _read_jsonl(out / "metrics.jsonl") if "reward" in m]
-    evals = _read_jsonl(out / "eval.jsonl")
-    by_step = {e["step"]: e["accuracy"] for e in evals}
+    by_step = {e["step"]: e["accuracy"] for e in _read_jsonl(out / "eval.jsonl")}
+    validation = {e["step"]: e["accuracy"] for e in _read_jsonl(out / "validation.jsonl")}
     phases = {}
     for name in ("rollout", "scoring", "teacher", "update"):
         values = [m[f"time/{name}"] for m in metrics if f"time/{name}" in m]
@@ -177,6 +190,10 @@ def summarize_run(out: Path) -> dict:
         "reward_curve": [(m["step"], m["reward"]) for m in metrics],
         "initial_accuracy": by_step.get(0),
         "final_accuracy": by_step[max(by_step)] if by_step else None,
+        "auc_accuracy": curve_auc(sorted(by_step.items())),
+        "validation_curve": sorted(validation.items()),
+        "validation_final_accuracy": validation[max(validation)] if validation else None,
+        "validation_auc_accuracy": curve_auc(sorted(validation.items())),
         "phase_seconds": phases,
     }
 
@@ -186,17 +203,103 @@ def steps_to_reach(curve: list, threshold: float) -> int | None:
     return next((step for step, acc in curve if acc >= threshold), None)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+_mean_std = mean_std
+
+# split -> (final-accuracy key, area-under-curve key, curve key) of a run summary
+SPLIT_KEYS = {
+    "test": ("final_accuracy", "auc_accuracy", "accuracy_curve"),
+    "validation": ("validation_final_accuracy", "validation_auc_accuracy", "validation_curve"),
+}
+
+
+def _run_value(run: dict, key: str) -> float | None:
+    """A summary value, recomputed from the curve where an older done.json lacks it."""
+    if key in run:
+        return run[key]
+    curve = run.get(
+        {"auc_accuracy": "accuracy_curve", "validation_auc_accuracy": "validation_curve"}.get(key)
+    )
+    return curve_auc(curve) if curve else None
+
+
+def paired_statistics(results: list[dict], baseline: str, split: str = "test") -> dict:
+    """Per method: final and area-under-curve accuracy (mean, std, n over seeds) and, against `baseline`,
+    the paired difference over the seeds both ran (method - baseline, same seed = same initial model, data
+    order and evaluation samples) with its 95% t-interval and paired t-test p-value."""
+    final_key, auc_key, _ = SPLIT_KEYS[split]
+    by_method: dict[str, dict[int, dict]] = {}
+    for run in results:
+        by_method.setdefault(run["method"], {})[run["seed"]] = run
+    base = by_method.get(baseline, {})
+    out = {}
+    for method, runs in by_method.items():
+        entry = {}
+        for label, key in (("final", final_key), ("auc", auc_key)):
+            values = {seed: _run_value(run, key) for seed, run in runs.items()}
+            values = {seed: v for seed, v in values.items() if v is not None}
+            mean, std = mean_std(values.values())
+            entry[label] = {"mean": mean, "std": std, "n": len(values)}
+            base_values = {seed: _run_value(run, key) for seed, run in base.items()}
+            seeds = sorted(s for s in values if base_values.get(s) is not None)
+            diff = paired_difference([values[s] for s in seeds], [base_values[s] for s in seeds])
+            entry[f"{label}_vs_{baseline}"] = {**dataclasses.asdict(diff), "seeds": seeds}
+        out[method] = entry
+    return out
+
+
+def pairing_check(results: list[dict]) -> dict:
+    """Whether every method starts from the same step-0 held-out accuracy for each seed: the same initial
+    model evaluated on the same samples (the evaluation is seeded by the run's seed)."""
+    initial: dict[int, set] = {}
+    for run in results:
+        if run.get("initial_accuracy") is not None:
+            initial.setdefault(run["seed"], set()).add(run["initial_accuracy"])
+    return {
+        "same_initial_accuracy_per_seed": all(len(v) == 1 for v in initial.values()),
+        "seeds": sorted(initial),
+    }
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.3f}"
+
+
+def _p(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def statistics_lines(stats: dict, baseline: str, split: str) -> list[str]:
+    """A markdown table of `paired_statistics`: mean +/- std and the paired difference to the baseline."""
+    lines = [
+        f"| method | final acc ({split}) | AUC acc | final - {baseline} [95% CI] | p | "
+        f"AUC - {baseline} [95% CI] | p | seeds paired |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, entry in stats.items():
+        cells = [method]
+        for label in ("final", "auc"):
+            cells.append(f"{entry[label]['mean']:.3f} +/- {entry[label]['std']:.3f} (n={entry[label]['n']})")
+        for label in ("final", "auc"):
+            d = entry[f"{label}_vs_{baseline}"]
+            cells.append(f"{_fmt(d['mean'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]")
+            cells.append(_p(d["p_value"]))
+        cells.append(str(entry[f"final_vs_{baseline}"]["n"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_comparison(
-    results: list[dict], out: Path, *, threshold: float | None = None, command: str | None = None
+    results: list[dict],
+    out: Path,
+    *,
+    threshold: float | None = None,
+    command: str | None = None,
+    baseline: str | None = None,
 ) -> Path:
-    """comparison.md (mean +/- std over seeds, steps to threshold, per-phase time) and learning_curves.png."""
+    """comparison.md (mean +/- std over seeds, steps to threshold, per-phase time; with `baseline`, the
+    paired statistics of `paired_statistics`), comparison.json and learning_curves.png."""
     methods = list(dict.fromkeys(r["method"] for r in results))
     if threshold is None:
         initial = [r["initial_accuracy"] for r in results if r.get("initial_accuracy") is not None]
@@ -230,8 +333,31 @@ def write_comparison(
         lines.append(
             f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {' | '.join(phases)} |"
         )
+    report = {"command": command, "seeds": seeds, "runs": results, "pairing": pairing_check(results)}
+    if baseline is not None:
+        report["baseline"] = baseline
+        report["statistics"] = {}
+        for split in SPLIT_KEYS:
+            if not any(r.get(SPLIT_KEYS[split][2]) for r in results):
+                continue
+            stats = paired_statistics(results, baseline, split)
+            report["statistics"][split] = stats
+            lines += [
+                "",
+                f"## Against {baseline}, {split} split",
+                "",
+                f"Final and area-under-curve accuracy (the curve's mean over training, trapezoids), mean +/- std "
+                f"over seeds; paired difference to {baseline} over the seeds both ran (same seed: same initial "
+                "model, data order and evaluation samples), with its 95% t-interval and the paired t-test's "
+                "two-sided p-value.",
+                "",
+                *statistics_lines(stats, baseline, split),
+            ]
+        same = report["pairing"]["same_initial_accuracy_per_seed"]
+        lines += ["", f"Pairing check: step-0 accuracy identical across methods for every seed: {same}."]
     path = out / "comparison.md"
     path.write_text("\n".join(lines) + "\n")
+    (out / "comparison.json").write_text(json.dumps(report, indent=2, default=str))
     plot_curves(results, out / "learning_curves.png")
     return path
 
@@ -274,6 +400,8 @@ def compare(
     threshold: float | None = None,
     command: str | None = None,
     console=None,
+    baseline: str | None = None,
+    validation_problems=None,
 ) -> list[dict]:
     """Every (method, seed) run of `recipe` (sequential, resumable), then the comparison files."""
     results = []
@@ -288,10 +416,11 @@ def compare(
                     eval_problems=eval_problems,
                     eval_every=eval_every,
                     eval_k=eval_k,
+                    validation_problems=validation_problems,
                     console=console,
                 )
             )
-    write_comparison(results, out, threshold=threshold, command=command)
+    write_comparison(results, out, threshold=threshold, command=command, baseline=baseline)
     return results
 
 
@@ -305,6 +434,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N steps")
     parser.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem")
     parser.add_argument("--threshold", type=float, default=None, help="accuracy for 'steps to reach'")
+    parser.add_argument(
+        "--baseline", default=None, help="method to pair every other against (95%% CI, paired t-test)"
+    )
+    parser.add_argument(
+        "--validation-dataset", default=None, help="second held-out set (choose settings on it; default none)"
+    )
     parser.epilog = "Any other --field value pair overrides that field of the recipe for every run."
 
 
@@ -324,11 +459,16 @@ def main(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"hsd compare: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    eval_problems = None
-    if args.eval_dataset:
-        from hsd.tasks.datasets import load_problems
+    baseline = getattr(args, "baseline", None)
+    if baseline is not None and baseline not in methods:
+        raise SystemExit(f"hsd compare: --baseline {baseline!r} is not one of --methods {','.join(methods)}")
+    from hsd.tasks.datasets import load_problems
 
+    eval_problems = validation_problems = None
+    if args.eval_dataset:
         eval_problems = load_problems(args.eval_dataset, limit=args.eval_limit)
+    if getattr(args, "validation_dataset", None):
+        validation_problems = load_problems(args.validation_dataset, limit=args.eval_limit)
     out = Path(args.out)
     seeds = (
         [int(x) for x in args.seeds.split(",") if x] if "," in args.seeds else list(range(int(args.seeds)))
@@ -343,6 +483,8 @@ def main(args: argparse.Namespace) -> int:
         eval_k=args.eval_k,
         threshold=args.threshold,
         command="hsd " + shlex.join(sys.argv[1:]),
+        baseline=baseline,
+        validation_problems=validation_problems,
     )
     print(f"hsd compare: wrote {out / 'comparison.md'} and {out / 'learning_curves.png'}")
     return 0

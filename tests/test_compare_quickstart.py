@@ -4,6 +4,8 @@ skips finished runs. The quick start's recipe is the package's, and configs/quic
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,13 +48,43 @@ def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, 
     metric_lines = {p: p.read_text() for p in out.glob("*/seed-0/metrics.jsonl")}
     assert len(done_files) == 2
 
-    results = compare(recipe, ["hsd", "grpo"], [0, 1], out, eval_problems=held_out, eval_every=1, eval_k=1)
-    assert len(results) == 4
+    # the rest through the command line, 3 seeds, paired against grpo (seed 0 is not rerun)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "hsd.cli", "compare", "--config", str(config), "--methods", "hsd,grpo"]
+    command += [
+        "--seeds",
+        "0,1,2",
+        "--out",
+        str(out),
+        "--eval-every",
+        "1",
+        "--eval-k",
+        "1",
+        "--baseline",
+        "grpo",
+    ]
+    command += ["--eval-dataset", "testbed:chain?variant=single&n=6&split=test", "--eval-limit", "6"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed-*/done.json"))]
+    assert len(results) == 6
     assert {p: p.read_text() for p in out.glob("*/seed-0/done.json")} == done_files  # not rerun
     assert {p: p.read_text() for p in out.glob("*/seed-0/metrics.jsonl")} == metric_lines
+    report = json.loads((out / "comparison.json").read_text())
+    paired = report["statistics"]["test"]["hsd"]["final_vs_grpo"]
+    finals = {(r["method"], r["seed"]): r["final_accuracy"] for r in results}
+    diffs = [finals["hsd", s] - finals["grpo", s] for s in range(3)]
+    assert paired["seeds"] == [0, 1, 2] and paired["mean"] == pytest.approx(sum(diffs) / 3)
+    if len(set(diffs)) > 1:
+        assert paired["low"] < paired["mean"] < paired["high"] and 0 <= paired["p_value"] <= 1
+    assert report["pairing"]["same_initial_accuracy_per_seed"]  # same model, same evaluation samples
+    text = (out / "comparison.md").read_text()
+    assert "## Against grpo, test split" in text and "final - grpo [95% CI]" in text
+    hsd_row = next(line for line in text.splitlines() if line.startswith("| hsd |") and "[" in line)
+    assert f"{paired['mean']:+.3f} [" in hsd_row
 
     table = (out / "comparison.md").read_text().splitlines()
-    rows = [line for line in table if line.startswith("| hsd ") or line.startswith("| grpo ")]
+    rows = [line for line in table if line.startswith("| hsd ") or line.startswith("| grpo ")][:2]
     assert len(rows) == 2
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -66,3 +98,26 @@ def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, 
         assert [s for s, _ in summary["accuracy_curve"]] == [0, 1, 2]  # before training and every step
         assert (run / "final" / "model.safetensors").exists()
         assert (run / "resolved_config.json").exists()
+
+
+def test_methods_at_one_seed_share_the_data_order(tiny_model_dir, tmp_path):
+    from hsd.trainer.cli import build_trainer, load_recipe
+
+    batches = []
+    for method, seed in (("hsd", 1), ("grpo", 1), ("hsd", 2)):
+        values = {
+            "model": str(tiny_model_dir),
+            "dataset": "testbed:chain?variant=single&n=16&split=train",
+            "method": method,
+            "seed": seed,
+            "per_device_train_batch_size": 8,
+            "num_generations": 4,
+            "use_cpu": True,
+            "report_to": [],
+            "output_dir": str(tmp_path / method),
+        }
+        trainer = build_trainer(*load_recipe(None, values))
+        loader = iter(trainer.get_train_dataloader())
+        batches.append([[row["prompt"] for row in next(loader)] for _ in range(3)])
+    assert batches[0] == batches[1]  # the same seed: the same questions in the same order
+    assert batches[0] != batches[2]  # the order does depend on the seed

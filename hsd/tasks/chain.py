@@ -27,8 +27,9 @@ from hsd.tasks.problem import Problem, Verdict
 
 MODULI = (10, 100)  # values have one or two digits, always written at full width
 VARIANTS = ("single", "multi")
-SPLITS = ("train", "test", "all")
+SPLITS = ("train", "test", "validation", "all")
 TEST_SHARE = 4  # one problem in TEST_SHARE falls in the "test" split (by a hash of its start and operations)
+VALIDATION_SHARE = 8  # one "train" problem in VALIDATION_SHARE is also "validation" (a second hash)
 _INSTRUCTION = {"single": "Mod {m}, in order:", "multi": "Mod {m}, any order:"}
 _ANSWER_RE = re.compile(r"^Answer:[ \t]*([0-9]+)[ \t]*$", re.MULTILINE)
 
@@ -112,6 +113,25 @@ def chain_split(chain: Chain) -> str:
     return "test" if int(hashlib.sha256(key).hexdigest()[:8], 16) % TEST_SHARE == 0 else "train"
 
 
+def in_validation(chain: Chain) -> bool:
+    """Whether a "train" problem is in the "validation" split: one in VALIDATION_SHARE, by a second hash of
+    the same key. Never a "test" problem. The "train" split is left as it was, so a train draw can hold
+    validation problems where the problem space is small (4-step chains); on long chains (16 steps:
+    2.8e13 problems) two draws of a few thousand share none in practice."""
+    key = f"validation:{chain.modulus}:{chain.start}:{sorted(chain.ops)}".encode()
+    return (
+        chain_split(chain) == "train" and int(hashlib.sha256(key).hexdigest()[:8], 16) % VALIDATION_SHARE == 0
+    )
+
+
+def _in_split(chain: Chain, split: str) -> bool:
+    if split == "all":
+        return True
+    if split == "validation":
+        return in_validation(chain)
+    return chain_split(chain) == split
+
+
 def random_chain(
     rng: random.Random, variant: str, steps: int, operand_max: int, signs: str = "+-", modulus: int = 10
 ) -> Chain:
@@ -152,7 +172,8 @@ def load_chain_problems(
     signs: str = "+-",
 ) -> list[Problem]:
     """`n` distinct chain problems drawn with `seed`; `split` "train" or "test" keeps only problems whose hash
-    puts them there (the two never share a problem, whatever the seeds), "all" keeps every draw.
+    puts them there (the two never share a problem, whatever the seeds), "validation" a hashed eighth of the
+    train problems (`in_validation`: never a test problem), "all" keeps every draw.
     Operands are drawn from [1, operand_max] with a sign from `signs`; the defaults are the testbed model's."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -167,21 +188,28 @@ def load_chain_problems(
     if not signs or set(signs) - {"+", "-"}:
         raise ValueError(f"signs must be a non-empty string of '+' and '-', got {signs!r}")
     space = modulus * (operand_max * len(set(signs))) ** steps  # distinct (start, ordered operations)
-    share = {"test": 1 / TEST_SHARE, "train": 1 - 1 / TEST_SHARE, "all": 1.0}[split]
+    share = {
+        "test": 1 / TEST_SHARE,
+        "train": 1 - 1 / TEST_SHARE,
+        "validation": (1 - 1 / TEST_SHARE) / VALIDATION_SHARE,
+        "all": 1.0,
+    }[split]
     if n > space * share / 2:  # drawing without replacement stays quick up to half of what exists
         raise ValueError(
             f"n = {n} is more than half the {split} problems with steps={steps}, operand_max={operand_max}"
         )
-    rng = random.Random(f"chain:{seed}:{variant}:{steps}:{operand_max}:{signs}:{modulus}")
+    key = f"chain:{seed}:{variant}:{steps}:{operand_max}:{signs}:{modulus}"
+    # validation draws from its own stream: with the train stream it would repeat the train draw's problems
+    rng = random.Random(key + ":validation" if split == "validation" else key)
     problems, seen = [], set()
     for _ in range(100 * n + 10_000):
         if len(problems) == n:
             break
         chain = random_chain(rng, variant, steps, operand_max, signs, modulus)
-        if (chain.start, chain.ops) in seen or (split != "all" and chain_split(chain) != split):
+        if (chain.start, chain.ops) in seen or not _in_split(chain, split):
             continue
         seen.add((chain.start, chain.ops))
-        problems.append(chain_problem(chain, chain_split(chain)))
+        problems.append(chain_problem(chain, "validation" if split == "validation" else chain_split(chain)))
     if len(problems) < n:
         raise ValueError(f"could not draw {n} distinct {split} problems; lower n or widen the operands")
     return problems

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from hsd.tasks.chain import (
     Chain,
     chain_problem,
+    chain_split,
     first_error,
+    in_validation,
     load_chain_problems,
     verify_chain,
     worked_solution,
@@ -151,6 +153,21 @@ def test_problems_are_reproducible_distinct_and_split_disjointly():
         assert problem.kind == "chain"
         assert verify_chain(problem.reference, problem).reward == 1.0
         assert problem.reference.endswith(f"Answer: {problem.answer}")
+
+
+def test_validation_split_is_a_hashed_part_of_train_and_never_test():
+    validation = load_chain_problems(200, seed=0, split="validation", steps=16)
+    test = load_chain_problems(200, seed=0, split="test", steps=16)
+    train = load_chain_problems(2048, seed=0, split="train", steps=16)  # the study's draws
+    chains = [Chain(p.meta["start"], tuple(p.meta["ops"])) for p in validation]
+    assert all(p.meta["split"] == "validation" for p in validation)
+    assert all(chain_split(c) == "train" and in_validation(c) for c in chains)
+    assert not {p.id for p in validation} & ({p.id for p in test} | {p.id for p in train})
+    drawn = [
+        Chain(p.meta["start"], tuple(p.meta["ops"])) for p in load_chain_problems(800, seed=3, split="all")
+    ]
+    share = sum(map(in_validation, drawn)) / len(drawn)
+    assert 0.05 < share < 0.14  # 3/4 * 1/8 = 0.094 of all problems
 
 
 @pytest.mark.parametrize(
