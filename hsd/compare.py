@@ -123,7 +123,7 @@ def run_method(
 ) -> dict:
     """Train one (method, seed) run of `recipe` into `out`; return its summary (cached in done.json).
     Held-out accuracy goes to eval.jsonl, validation accuracy (when given) to validation.jsonl."""
-    from hsd.trainer.cli import build_trainer, load_recipe
+    from hsd.trainer.cli import build_trainer, load_recipe, write_recipe
 
     done = out / "done.json"
     if done.exists():
@@ -131,9 +131,7 @@ def run_method(
     out.mkdir(parents=True, exist_ok=True)
     values = {**recipe, "method": method, "seed": seed, "output_dir": str(out), "disable_tqdm": True}
     script, args = load_recipe(None, values)
-    (out / "resolved_config.json").write_text(
-        json.dumps({"script": vars(script), "config": args.to_dict()}, indent=2, default=str)
-    )
+    write_recipe(out, script, args)
     callbacks = [LiveProgress(f"{method} seed {seed}", console)]
     held_out = []
     for problems, name, metric in (
@@ -449,10 +447,10 @@ def main(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from hsd.trainer.cli import _parse_overrides
+    from hsd.trainer.cli import parse_overrides
 
     recipe = yaml.safe_load(Path(args.config).read_text()) or {}
-    recipe.update(_parse_overrides(list(getattr(args, "overrides", []) or [])))
+    recipe.update(parse_overrides(list(getattr(args, "overrides", []) or [])))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from hsd.trainer.config import METHODS
 

@@ -11,8 +11,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 from hsd.sampling import (
@@ -24,14 +23,13 @@ from hsd.sampling import (
     prompt_ids,
     set_cpu_threads,
 )
-from hsd.tasks.problem import Problem, Verdict
+from hsd.tasks.problem import Problem
+from hsd.tasks.rewards import VERIFIERS, Verifier, verify_all, verify_problem
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 # settings that change what a record holds: a resumed run must use the same ones
 RESUME_KEYS = ("k", "greedy", "temperature", "top_p", "max_new_tokens", "seed")
-
-Verifier = Callable[[Problem, str], Verdict]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -48,47 +46,6 @@ def k_values(k: int) -> list[int]:
     """The k' reported for pass@k': powers of two up to k, and k itself."""
     values = [2**e for e in range(k.bit_length()) if 2**e <= k]
     return values if values[-1] == k else [*values, k]
-
-
-def verify_problem(problem: Problem, completion: str) -> Verdict:
-    """The task's own verifier (math, code, gym, chain) on one completion."""
-    from hsd.tasks.rewards import verify
-
-    return verify(problem.kind, completion, answer=problem.answer, meta=problem.meta)
-
-
-def verify_last_number(problem: Problem, completion: str) -> Verdict:
-    """math-verify on the last \\boxed{} or else the last number of the reply, whatever the task's kind: for
-    terse numeric tasks whose own scorer wants a format a small model rarely follows."""
-    from hsd.tasks.math import verify_math
-
-    return verify_math(completion, problem.answer, fallback="last_number")
-
-
-# --verifier NAME: the task's own verifier, or the last number of the reply
-VERIFIERS: dict[str, Verifier] = {"task": verify_problem, "last-number": verify_last_number}
-
-
-def verify_all(
-    problems: Sequence[Problem], completions: Sequence[Sequence[str]], verifier: Verifier, workers: int = 2
-) -> list[list[Verdict]]:
-    """Verdicts for each problem's completions, verified `workers` at a time, in order."""
-    jobs = [(p, text) for p, texts in zip(problems, completions) for text in texts]
-
-    def one(job):
-        problem, text = job
-        try:
-            return verifier(problem, text)
-        except Exception as exc:  # noqa: BLE001 - a verifier failure is recorded, never a silent 0
-            return Verdict(0.0, "error", f"verifier failed: {type(exc).__name__}: {exc}")
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        verdicts = list(pool.map(one, jobs))
-    out, start = [], 0
-    for texts in completions:
-        out.append(verdicts[start : start + len(texts)])
-        start += len(texts)
-    return out
 
 
 def _read_records(path: Path) -> dict[str, dict]:

@@ -27,6 +27,28 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **knobs) -> Path:
+    """The directory of the testbed model `name` (`testbed` or `testbed:seed=N`), built first when the cache
+    has no build: a step of about 2 minutes (default knobs) that is announced through `announce` first."""
+    from hsd.testbed.model import build_testbed_model, cache_root, cached_testbed_model
+
+    seed = 0
+    for item in name.partition(":")[2].split(","):
+        key, _, value = item.partition("=")
+        if key == "seed":
+            seed = int(value)
+        elif key:
+            raise ValueError(f"model {name!r}: unknown testbed option {key!r} (known: seed)")
+    cached = cached_testbed_model(seed, cache_dir=cache_dir, **knobs)
+    if cached is not None:
+        return cached
+    announce(
+        f"model {name!r}: no build in {cache_root(cache_dir)} yet; pretraining it now (about 2 minutes on 2 idle "
+        f"cores; `hsd testbed build --seed {seed}` does this step ahead of time)"
+    )
+    return build_testbed_model(seed=seed, cache_dir=cache_dir, **knobs)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from: `pretrained` for from_pretrained, plus `gguf_file` for a GGUF."""
@@ -43,20 +65,11 @@ class ModelSource:
 def resolve_model(name_or_path: str) -> ModelSource:
     """Turn a user's model argument into a `ModelSource` (alias, GGUF file, directory or hub id).
 
-    `testbed` (or `testbed:seed=1`) builds the small pretrained testbed model, or reuses its cached build.
+    `testbed` (or `testbed:seed=1`) is the small pretrained testbed model: see `testbed_model`.
     """
     name = str(name_or_path)
     if name == "testbed" or name.startswith("testbed:"):
-        from hsd.testbed.model import build_testbed_model
-
-        seed = 0
-        for item in name.partition(":")[2].split(","):
-            key, _, value = item.partition("=")
-            if key == "seed":
-                seed = int(value)
-            elif key:
-                raise ValueError(f"model {name!r}: unknown testbed option {key!r} (known: seed)")
-        return ModelSource(str(build_testbed_model(seed=seed)))
+        return ModelSource(str(testbed_model(name)))
     if name.lower() in SMOLLM2_ALIASES or name.lower().split("/")[-1] in SMOLLM2_ALIASES:
         gguf = smollm2_gguf_path()
         return ModelSource(str(gguf.parent), gguf.name)

@@ -47,8 +47,8 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from hsd.compare import compare
+    from hsd.models import testbed_model
     from hsd.tasks.datasets import load_problems
-    from hsd.testbed.model import build_testbed_model
 
     # The testbed model is tiny: one thread runs it as fast as two and leaves a core to the verifier workers
     # (with more threads than free cores, OpenMP's waiting makes small matrix products many times slower).
@@ -58,10 +58,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]hsd quickstart: HSD vs GRPO on the testbed")
-    console.print(
-        "testbed model: building or reusing (a first build takes about 2 minutes on 2 idle cores) ..."
-    )
-    model_dir = build_testbed_model(seed=0)
+    model_dir = testbed_model("testbed", announce=console.print)
     console.print(f"testbed model: {model_dir}  ({time.time() - start:.0f}s)")
     recipe = {**quickstart_recipe(), "model": str(model_dir), "max_steps": args.steps}
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
@@ -110,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(
         f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
-        "{metrics.jsonl, eval.jsonl, resolved_config.json, final/, runs/ (TensorBoard)}, credit/report.html)"
+        "{metrics.jsonl, eval.jsonl, recipe.json, final/, runs/ (TensorBoard)}, credit/report.html)"
     )
     console.print(f"total time: {time.time() - start:.0f}s")
     return 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from hsd.tasks.problem import Problem
-from hsd.trainer.teacher import tokenize_prompt
+from hsd.teacher.prompt import tokenize_prompt
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, 
         summary = json.loads((run / "done.json").read_text())
         assert [s for s, _ in summary["accuracy_curve"]] == [0, 1, 2]  # before training and every step
         assert (run / "final" / "model.safetensors").exists()
-        assert (run / "resolved_config.json").exists()
+        assert (run / "recipe.json").exists()
 
 
 def test_methods_at_one_seed_share_the_data_order(tiny_model_dir, tmp_path):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from hsd.analysis.credit import CONTEXTS, PEER_RULES, WIDTHS, collect, credit_tables
 from hsd.analysis.report import write_report
-from hsd.eval import VERIFIERS, Verifier, verify_problem
 from hsd.sampling import SamplingSettings, set_cpu_threads
 from hsd.tasks.problem import Problem
-from hsd.templates import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
+from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
+from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
 CREDIT_FILE = "credit.json"
 ROLLOUTS_FILE = "rollouts.jsonl"

@@ -23,11 +23,11 @@ from hsd.core.divergence import (
     silence_curve,
 )
 from hsd.core.peers import select_peers
-from hsd.eval import Verifier, verify_all
 from hsd.sampling import SamplingSettings, chat_prompt, decode, generate, progress_bar, prompt_ids
-from hsd.tasks.problem import Problem
-from hsd.templates import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
-from hsd.trainer.teacher import teacher_input_ids, tokenize_prompt
+from hsd.tasks.problem import UNCOMPUTED, Problem
+from hsd.tasks.rewards import Verifier, verify_all
+from hsd.teacher.prompt import teacher_input_ids, tokenize_prompt
+from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
 # opsd: the gold answer only; hsd: a successful peer + the answer (Eq. 9); sdft: the reference solution
 CONTEXTS = ("opsd", "hsd", "sdft")
@@ -594,7 +594,7 @@ def collect(
             verdicts_PG = verify_all(batch, texts_PG, verifier, verify_workers)
             for problem, ids_G, texts_G, verdicts in zip(batch, ids_PG, texts_PG, verdicts_PG):
                 # an unverifiable rollout is never a peer nor analysed, as in training
-                rewards_G = [-math.inf if v.reason == "error" else v.reward for v in verdicts]
+                rewards_G = [-math.inf if v.reason == UNCOMPUTED else v.reward for v in verdicts]
                 peers = select_peers(rewards_G, group_size, peer_rule, generator=generator)
                 successes = sum(r >= 1.0 for r in rewards_G)
                 uncomputed = sum(r == -math.inf for r in rewards_G)

@@ -23,7 +23,7 @@ from typing import Any
 
 from hsd.tasks import sandbox_runner
 from hsd.tasks.math import as_text
-from hsd.tasks.problem import Verdict
+from hsd.tasks.problem import UNCOMPUTED, Verdict
 
 RUNNER = Path(sandbox_runner.__file__).resolve()
 # Loaded by the judge before the program starts when the program's uid may not be able to read the interpreter.
@@ -378,7 +378,7 @@ def run_tests(
         try:
             expected = expected_outputs(tests)
         except RuntimeError as exc:
-            return Verdict(0.0, "error", str(exc), base_extra)
+            return Verdict(0.0, UNCOMPUTED, str(exc), base_extra)
         job["expected"] = expected
         # a test may take 3x as long as the reference solution took on it (EvalPlus-style), never less than timeout
         job["test_timeouts"] = [max(timeout, 3 * out.get("time", 0.0)) for out in expected]
@@ -392,7 +392,7 @@ def run_tests(
 
 def _verdict(result: dict, partial_credit: bool) -> Verdict:
     if result.get("judge_error"):
-        return Verdict(0.0, "error", f"sandbox failure: {result['judge_error']}", {"all_pass": False})
+        return Verdict(0.0, UNCOMPUTED, f"sandbox failure: {result['judge_error']}", {"all_pass": False})
     tests, passed = result["tests"], result["passed"]
     extra = {
         "pass_fraction": passed / tests if tests else 0.0,
@@ -406,7 +406,7 @@ def _verdict(result: dict, partial_credit: bool) -> Verdict:
         reason = "syntax_error" if result.get("syntax") else (result.get("stopped") or "wrong")
         return Verdict(0.0, reason, f"The program failed to load: {result['load_error']}", extra)
     if tests == 0:
-        return Verdict(0.0, "error", "the tests contain no test that calls the candidate", extra)
+        return Verdict(0.0, UNCOMPUTED, "the tests contain no test that calls the candidate", extra)
     all_pass = passed == tests and not result.get("stopped")
     extra["all_pass"] = all_pass
     if all_pass:

@@ -11,7 +11,7 @@ from typing import Any
 
 from hsd.tasks.math import as_text, last_boxed
 from hsd.tasks.pool import WorkerError, WorkerTimeout, shared_pool
-from hsd.tasks.problem import Problem, Verdict
+from hsd.tasks.problem import UNCOMPUTED, Problem, Verdict
 
 GYM_INSTRUCTION = "Give only your final answer between <answer> and </answer> tags at the end."
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -108,7 +108,7 @@ def verify_gym(completion: str | bytes, problem: Problem, *, timeout: float = 10
     except WorkerTimeout:
         return Verdict(0.0, "timeout", f"scoring took longer than {timeout:g} s", extra)
     except WorkerError as exc:
-        return Verdict(0.0, "error", f"reasoning-gym scorer failed: {exc}", extra)
+        return Verdict(0.0, UNCOMPUTED, f"reasoning-gym scorer failed: {exc}", extra)
     value = min(max(value, 0.0), 1.0)
     extra["score"] = value
     if value >= 1.0:

@@ -8,7 +8,7 @@ import re
 from functools import lru_cache
 
 from hsd.tasks.pool import WorkerError, WorkerTimeout, shared_pool
-from hsd.tasks.problem import Verdict
+from hsd.tasks.problem import UNCOMPUTED, Verdict
 
 FALLBACKS = ("last_number", "none")
 MAX_ANSWER_CHARS = 1000  # a final answer longer than this is rejected without parsing ("answer_too_long")
@@ -188,7 +188,7 @@ def verify_math(
     except WorkerTimeout:
         return Verdict(0.0, "timeout", f"checking the answer took longer than {timeout:g} s", extra)
     except WorkerError as exc:
-        return Verdict(0.0, "error", f"math-verify failed: {exc}", extra)
+        return Verdict(0.0, UNCOMPUTED, f"math-verify failed: {exc}", extra)
     return Verdict(float(same), "correct" if same else "wrong", "" if same else _wrong(answer), extra)
 
 

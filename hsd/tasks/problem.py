@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("math", "code", "gym", "chain")
+UNCOMPUTED = "error"  # the reason of a verdict whose reward is unknown (the check itself failed)
 
 
 @dataclass

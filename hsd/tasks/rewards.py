@@ -1,5 +1,6 @@
-"""One `verify` for every task kind, and a TRL reward function that verifies a batch in parallel.
-A reward that cannot be computed is logged, counted and returned as None (TRL: NaN), never silently 0.
+"""One `verify` for every task kind, the verifiers `hsd eval` and `hsd analyze` choose from, and a TRL reward
+function that verifies a batch in parallel. A reward that cannot be computed is a verdict with reason
+UNCOMPUTED: logged, counted and returned as None (TRL: NaN), never silently 0.
 """
 
 from __future__ import annotations
@@ -7,15 +8,14 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hsd.tasks.math import as_text
-from hsd.tasks.problem import KINDS, Problem, Verdict
+from hsd.tasks.problem import KINDS, UNCOMPUTED, Problem, Verdict
 
 logger = logging.getLogger(__name__)
-UNCOMPUTED = "error"  # the reason of a verdict whose reward is unknown
 
 
 def _meta(meta: Mapping | str | None) -> dict[str, Any]:
@@ -71,6 +71,48 @@ def verify(
     raise ValueError(f"unknown problem kind {problem_kind!r}; choose from {KINDS}")
 
 
+Verifier = Callable[[Problem, str], Verdict]
+
+
+def verify_problem(problem: Problem, completion: str) -> Verdict:
+    """The task's own verifier (math, code, gym, chain) on one completion."""
+    return verify(problem.kind, completion, answer=problem.answer, meta=problem.meta)
+
+
+def verify_last_number(problem: Problem, completion: str) -> Verdict:
+    """math-verify on the last \\boxed{} or else the last number of the reply, whatever the task's kind: for
+    terse numeric tasks whose own scorer wants a format a small model rarely follows."""
+    from hsd.tasks.math import verify_math
+
+    return verify_math(completion, problem.answer, fallback="last_number")
+
+
+# --verifier NAME: the task's own verifier, or the last number of the reply
+VERIFIERS: dict[str, Verifier] = {"task": verify_problem, "last-number": verify_last_number}
+
+
+def checked_verdict(verifier: Callable[..., Verdict], *args: Any, extra: dict | None = None) -> Verdict:
+    """`verifier(*args)`, or an UNCOMPUTED verdict (carrying `extra`) naming the exception it raised."""
+    try:
+        return verifier(*args)
+    except Exception as exc:  # noqa: BLE001 - any verifier failure makes this one reward unknown
+        return Verdict(0.0, UNCOMPUTED, f"verifier failed: {type(exc).__name__}: {exc}", dict(extra or {}))
+
+
+def verify_all(
+    problems: Sequence[Problem], completions: Sequence[Sequence[str]], verifier: Verifier, workers: int = 2
+) -> list[list[Verdict]]:
+    """Verdicts for each problem's completions, verified `workers` at a time, in order."""
+    jobs = [(p, text) for p, texts in zip(problems, completions) for text in texts]
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="verifier") as pool:
+        verdicts = list(pool.map(lambda job: checked_verdict(verifier, *job), jobs))
+    out, start = [], 0
+    for texts in completions:
+        out.append(verdicts[start : start + len(texts)])
+        start += len(texts)
+    return out
+
+
 def completion_text(completion: Any) -> str | bytes:
     """A TRL completion as text: a string, or the assistant messages of a conversational completion."""
     if isinstance(completion, str | bytes):
@@ -106,10 +148,10 @@ class VerifierReward:
         self._executor: ThreadPoolExecutor | None = None
 
     def _score_row(self, row: int, completion: Any, answer: str, kind: str, meta: Any) -> Verdict:
-        try:
+        def score() -> Verdict:
             return verify(kind, completion_text(completion), answer=answer, meta=meta, **self.verify_options)
-        except Exception as exc:  # noqa: BLE001 - any verifier failure makes this one reward unknown
-            return Verdict(0.0, UNCOMPUTED, f"verifier failed: {type(exc).__name__}: {exc}", {"row": row})
+
+        return checked_verdict(score, extra={"row": row})
 
     def __call__(self, prompts, completions, completion_ids=None, **columns) -> list[float | None]:
         rows = len(completions)

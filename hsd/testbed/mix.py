@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from hsd.tasks.chain import Chain, chain_prompt, chain_split, random_chain, worked_solution
-from hsd.templates import DEFAULT_TEACHER_TEMPLATE
+from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 
 CONTEXTS = ("none", "answer+peer", "answer", "peer", "reference")
 

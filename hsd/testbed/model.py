@@ -308,6 +308,14 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("HSD_CACHE_DIR") or Path.home() / ".cache" / "hsd") / "testbed"
 
 
+def cached_testbed_model(
+    seed: int = 0, *, cache_dir: str | os.PathLike | None = None, **knobs
+) -> Path | None:
+    """The directory of the finished build for (seed, knobs) when the cache holds one, else None."""
+    target = cache_root(cache_dir) / config_from_knobs(seed, **knobs).key()
+    return target if (target / "testbed.json").exists() else None
+
+
 def build_testbed_model(
     seed: int = 0,
     *,

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 ACCEPTS_OVERRIDES = True  # hsd.cli passes unparsed --field value pairs as args.overrides
+RECIPE_FILE = "recipe.json"  # the resolved recipe each run writes into its output directory
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TrainScript:
     code_timeout: float = field(default=10.0, metadata={"help": "Seconds per code test run."})
 
 
-def _parse_overrides(tokens: list[str]) -> dict:
+def parse_overrides(tokens: list[str]) -> dict:
     """`--key value`, `--key=value` and bare `--flag` (true) into a dict; values read as YAML scalars."""
     out, i = {}, 0
     while i < len(tokens):
@@ -83,7 +84,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a recipe is a YAML mapping of field: value")
         values.update({key: yaml_scalar(value) for key, value in loaded.items()})
-    values.update(overrides if isinstance(overrides, dict) else _parse_overrides(list(overrides or [])))
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -133,6 +134,13 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     )
 
 
+def write_recipe(out: Path, script: TrainScript, config) -> Path:
+    """The resolved recipe of a run (script fields and every trainer field) as `out`/RECIPE_FILE."""
+    path = out / RECIPE_FILE
+    path.write_text(json.dumps({"script": vars(script), "config": config.to_dict()}, indent=2, default=str))
+    return path
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
     parser.epilog = "Any other --field value pair overrides that field of the recipe."
@@ -143,9 +151,7 @@ def main(args: argparse.Namespace) -> int:
     trainer = build_trainer(script, config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(
-        json.dumps({"script": vars(script), "config": config.to_dict()}, indent=2, default=str)
-    )
+    write_recipe(out, script, config)
     resume = config.resume_from_checkpoint
     if resume is None and any(out.glob("checkpoint-*")):
         resume = True  # resume from the last checkpoint automatically

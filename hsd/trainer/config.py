@@ -14,7 +14,7 @@ from hsd.core.contexts import CONTEXT_MODES
 from hsd.core.losses import DIVERGENCE_KINDS
 from hsd.core.peers import RULES as PEER_RULES
 from hsd.core.positions import DISTILL_POSITIONS
-from hsd.templates import TeacherTemplate
+from hsd.teacher.template import TeacherTemplate
 
 TEACHER_WEIGHTS = ("live", "ema", "frozen")
 

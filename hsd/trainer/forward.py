@@ -13,7 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from hsd.core.losses import token_divergence
-from hsd.trainer.prefix import prefix_shared_hidden
+from hsd.teacher.prefix import prefix_shared_hidden
 
 
 class DistillTerms(NamedTuple):
@@ -380,7 +380,7 @@ def install_hsd_forward(model) -> None:
       the last T tokens, [B, T, H] (the teacher pass).
     - `model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=dict(prefix_of_row, completion_ids,
       completion_mask))` -> the same hidden states for [prefix ; completion] rows, each distinct prefix run
-      once and its KV cache shared (`hsd.trainer.prefix`).
+      once and its KV cache shared (`hsd.teacher.prefix`).
     - `model(input_ids, attention_mask, hsd_distill=dict(...))` -> `DistillTerms` (divergence, student and
       teacher log p(o_t), student and teacher entropies) at the selected completion positions, from one
       backbone pass (the student pass).

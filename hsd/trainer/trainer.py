@@ -25,10 +25,10 @@ from hsd.core.divergence import first_divergence
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.peers import group_outcomes, select_peers
 from hsd.core.positions import distill_position_mask, rollout_regions
+from hsd.teacher.prefix import distinct_prefixes, supports_shared_prefix
+from hsd.teacher.prompt import teacher_input_ids
 from hsd.trainer.config import HSDConfig
 from hsd.trainer.forward import DistillTerms, chunked_token_logps, install_hsd_forward, set_distill_head
-from hsd.trainer.prefix import distinct_prefixes, supports_shared_prefix
-from hsd.trainer.teacher import teacher_input_ids
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch
 
 from hsd.analysis.cli import analyze
 from hsd.tasks.problem import Problem, Verdict
-from hsd.templates import DEFAULT_TEACHER_TEMPLATE
+from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 
 
 def parity_verifier(problem: Problem, completion: str) -> Verdict:

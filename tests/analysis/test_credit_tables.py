@@ -16,7 +16,7 @@ from hsd.analysis.credit import (
     score_rollouts,
 )
 from hsd.tasks.problem import Problem
-from hsd.templates import DEFAULT_TEACHER_TEMPLATE
+from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 
 
 def _constructed():

@@ -139,8 +139,8 @@ def test_resuming_with_other_settings_is_refused(tiny, problems, tmp_path):
 
 
 def test_last_number_verifier_reads_the_number_a_terse_model_writes():
-    from hsd.eval import VERIFIERS
     from hsd.tasks.problem import Problem
+    from hsd.tasks.rewards import VERIFIERS
 
     problem = Problem("rg-1", "Calculate 5 + 3.", "8", kind="gym", meta={})
     verify = VERIFIERS["last-number"]

@@ -12,8 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hsd import HSDConfig, HSDTrainer
 from hsd.bench import OPTIMISATIONS_OFF, build_tokenizer, fixed_batch, scripted_rollouts, table_reward
 from hsd.core.losses import aggregate, token_divergence
+from hsd.teacher.prefix import distinct_prefixes
 from hsd.trainer.forward import fused_distillation, teacher_student_kl
-from hsd.trainer.prefix import distinct_prefixes
 
 GROUP, QUESTIONS, LENGTH = 4, 4, 12
 

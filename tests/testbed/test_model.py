@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hsd.templates import DEFAULT_TEACHER_TEMPLATE
+from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 from hsd.testbed.mix import example
 from hsd.testbed.model import (
     CHARS,
@@ -153,6 +153,17 @@ def test_second_call_returns_the_cached_directory_without_rebuilding(tiny_dir):
     assert build_testbed_model(0, cache_dir=tiny_dir.parent, **TINY) == tiny_dir
     assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tiny_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_resolving_the_testbed_announces_a_build_and_only_a_build(tiny_dir, tmp_path):
+    from hsd.models import testbed_model
+
+    said: list[str] = []
+    assert testbed_model("testbed", said.append, cache_dir=tiny_dir.parent, **TINY) == tiny_dir
+    assert said == []  # a cached build: nothing to announce
+    built = testbed_model("testbed:seed=0", said.append, cache_dir=tmp_path, **TINY)
+    assert len(said) == 1 and "hsd testbed build --seed 0" in said[0] and str(tmp_path) in said[0]
+    assert _record(built)["weights_sha256"] == _record(tiny_dir)["weights_sha256"]
 
 
 def test_force_rebuilds_in_place(tiny_dir):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hsd.core.contexts import TeacherContext
-from hsd.templates import TeacherTemplate
+from hsd.teacher.template import TeacherTemplate
 
 
 def _question_of(prompt: Any) -> str:
