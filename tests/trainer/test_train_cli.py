@@ -77,7 +77,7 @@ def test_hsd_train_runs_the_quickstart_recipe_and_writes_metrics(tiny_model_dir,
         "--max_completion_length",
         "24",
         "--report_to",
-        "[]",
+        "[tensorboard]",
         "--reward_workers",
         "1",
     ]
@@ -87,5 +87,16 @@ def test_hsd_train_runs_the_quickstart_recipe_and_writes_metrics(tiny_model_dir,
     steps = [m for m in lines if "reward" in m]
     assert [m["step"] for m in steps] == [1, 2]
     assert all("hsd/coverage" in m and "time/teacher" in m for m in steps)
+    # the teacher diagnostics, in metrics.jsonl and in TensorBoard
+    assert all(0 < m["hsd/teacher_p_token"] <= 1 and m["hsd/student_entropy"] >= 0 for m in steps)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = out.glob("runs/*/events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {
+        f"train/hsd/{side}_{name}" for side in ("teacher", "student") for name in ("p_token", "entropy")
+    } <= tags
     assert (out / "final" / "model.safetensors").exists()
     assert json.loads((out / "recipe.json").read_text())["config"]["method"] == "hsd"

@@ -1,0 +1,206 @@
+"""The long-chain study in docs/results.md: every cell (a method preset plus HSDConfig overrides) x seeds on
+one recipe and budget, one `hsd compare` run at a time, then the paired statistics against GRPO.
+
+    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4     # resumable: finished runs are kept
+    python benchmarks/study.py report [CELL ...]                          # tables, JSON and plots
+    python benchmarks/study.py commands CELL                              # the exact hsd compare command
+
+Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out runs/study/CELL
+...` with the long-chain testbed model, training and held-out data below; every cell gets the same steps,
+questions and rollouts (the quick-start recipe's: 30 steps of 4 questions x 8 rollouts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "study"
+BUILD = [  # fmt: skip
+    "hsd",
+    "testbed",
+    "build",
+    "--seed",
+    "0",
+    "--knob",
+    "steps_range=[16,16]",
+    "--knob",
+    "error_rate=0.05",
+]
+DATA = "testbed:chain?variant=single&steps=16&n={n}&split={split}"
+COMMON = [
+    "--eval-every", "10", "--eval-limit", "128", "--eval-k", "4",
+    "--dataset", DATA.format(n=2048, split="train"),
+    "--eval-dataset", DATA.format(n=128, split="test"),
+    "--validation-dataset", DATA.format(n=128, split="validation"),
+    "--max_completion_length", "128",
+]  # fmt: skip
+
+# cell -> (method preset, HSDConfig overrides); hsd cells keep the quick start's EMA teacher
+CELLS: dict[str, tuple[str, list[str]]] = {
+    "grpo": ("grpo", []),
+    "dapo": ("dapo", []),
+    "hsd": ("hsd", []),
+    "hsd-tt0.5": ("hsd", ["--teacher_temperature", "0.5"]),
+    "hsd-tt0.25": ("hsd", ["--teacher_temperature", "0.25"]),
+    "hsd-from-tau": ("hsd", ["--distill_positions", "from_tau"]),
+    "hsd-window2": ("hsd", ["--distill_positions", "tau_window", "--tau_window", "2"]),
+    "hsd-window8": ("hsd", ["--distill_positions", "tau_window", "--tau_window", "8"]),
+    "hsd-mix": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5"]),
+    "hsd-kl-st": ("hsd", ["--divergence", "kl_student_teacher"]),
+    "hsd-no-fallback": ("hsd", ["--fallback", "false"]),
+    "hsd-mix-from-tau": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--distill_positions", "from_tau"]),
+    "hsd-mix-tt0.5": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5"]),
+    "live": ("hsd", ["--teacher_weights", "live"]),
+    "live-lr1e-4": ("hsd", ["--teacher_weights", "live", "--learning_rate", "1e-4"]),
+    "live-clip1": ("hsd", ["--teacher_weights", "live", "--divergence_clip", "1.0"]),
+    "live-tt0.5": ("hsd", ["--teacher_weights", "live", "--teacher_temperature", "0.5"]),
+    "live-from-tau": ("hsd", ["--teacher_weights", "live", "--distill_positions", "from_tau"]),
+}  # fmt: skip
+
+
+def model_dir() -> str:
+    """The long-chain testbed model (built once, then read from the cache: the last line is its path)."""
+    out = subprocess.run(BUILD, check=True, capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def command(cell: str, seeds: str, model: str) -> list[str]:
+    method, overrides = CELLS[cell]
+    return [
+        "hsd", "compare", "--config", "configs/quickstart.yaml", "--methods", method, "--seeds", seeds,
+        "--out", f"runs/study/{cell}", "--model", model, *COMMON, *overrides,
+    ]  # fmt: skip
+
+
+def run(cells: list[str], seeds: list[int]) -> None:
+    """One training at a time, one torch thread, under its own lock (seed-major: every cell gets seed 0
+    before any gets seed 1)."""
+    model = model_dir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for seed in seeds:
+        for cell in cells:
+            if (OUT / cell / CELLS[cell][0] / f"seed-{seed}" / "done.json").exists():
+                continue
+            argv = ["flock", "/tmp/hsd-study.lock", *command(cell, f"{seed},", model)]
+            print(shlex.join(argv), flush=True)
+            subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def load(cells: list[str]) -> list[dict]:
+    """Every finished run of the cells, labelled with its cell as the method (for `write_comparison`)."""
+    results = []
+    for cell in cells:
+        for done in sorted((OUT / cell / CELLS[cell][0]).glob("seed-*/done.json")):
+            run = json.loads(done.read_text())
+            results.append({**run, "method": cell, "run_dir": str(done.parent)})
+    return results
+
+
+def report(cells: list[str]) -> None:
+    from hsd.compare import write_comparison
+
+    results = load(cells)
+    out = OUT / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    write_comparison(
+        results, out, baseline="grpo", command="python benchmarks/study.py report " + " ".join(cells)
+    )
+    lines = diagnostics(cells, out)
+    (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
+    print((out / "comparison.md").read_text())
+    print("\n".join(lines))
+
+
+DIAGNOSTICS = ("teacher_p_token", "student_p_token", "teacher_entropy", "student_entropy")
+WINDOWS = {"steps 1-5": range(1, 6), "steps 26-30": range(26, 31)}
+
+
+def diagnostics(cells: list[str], out: Path) -> list[str]:
+    """The teacher / student diagnostics of each cell with a teacher: early against late means (over steps
+    and seeds) as a markdown table, and per-step curves in diagnostics.png."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regions = ("", "/success", "/failed_at_tau", "/failed_after_tau")
+    per_cell = {}
+    for cell in cells:
+        rows = []
+        for run in sorted((OUT / cell / CELLS[cell][0]).glob("seed-*/metrics.jsonl")):
+            rows += [
+                json.loads(line) for line in run.read_text().splitlines() if "hsd/teacher_p_token" in line
+            ]
+        if rows:
+            per_cell[cell] = rows
+    lines = [
+        "| cell | steps | region | teacher p(o_t) | student p(o_t) | teacher entropy | student entropy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell, rows in per_cell.items():
+        for label, steps in WINDOWS.items():
+            for region in regions:
+                cells_ = []
+                for name in DIAGNOSTICS:
+                    values = [
+                        r[f"hsd/{name}{region}"]
+                        for r in rows
+                        if r["step"] in steps and f"hsd/{name}{region}" in r
+                    ]
+                    cells_.append(f"{statistics.fmean(values):.3f}" if values else "-")
+                lines.append(
+                    f"| {cell} | {label} | {region.strip('/') or 'all'} | " + " | ".join(cells_) + " |"
+                )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for cell, rows in per_cell.items():
+        steps = sorted({r["step"] for r in rows})
+        for ax, (name, region) in zip(
+            axes, (("entropy", ""), ("p_token", "/failed_after_tau"), ("p_token", "/success")), strict=True
+        ):
+            for side, style in (("teacher", "-"), ("student", "--")):
+                key = f"hsd/{side}_{name}{region}"
+                means = [
+                    statistics.fmean([r[key] for r in rows if r["step"] == s and key in r] or [float("nan")])
+                    for s in steps
+                ]
+                ax.plot(steps, means, style, label=f"{cell} {side}")
+            ax.set_title(f"{name}{region or ' (all distilled positions)'}")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "diagnostics.png", dpi=100)
+    plt.close(fig)
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("run", "report", "commands"))
+    parser.add_argument("cells", nargs="*", default=list(CELLS))
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    args = parser.parse_args()
+    unknown = [c for c in args.cells if c not in CELLS]
+    if unknown:
+        raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
+    if args.action == "run":
+        run(args.cells, [int(s) for s in args.seeds.split(",") if s])
+    elif args.action == "report":
+        report(args.cells)
+    else:
+        for cell in args.cells:
+            print(shlex.join(command(cell, args.seeds + ",", "$M")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
