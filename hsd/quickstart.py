@@ -25,7 +25,7 @@ def quickstart_recipe() -> dict:
 
 
 HELD_OUT = "testbed:chain?variant=single&n=128&split=test"
-METHODS = ("hsd", "grpo")
+COMPARED_METHODS = ("hsd", "grpo")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     held_out = load_problems(HELD_OUT)
     results = compare(
         recipe,
-        list(METHODS),
+        list(COMPARED_METHODS),
         [args.seed],
         out,
         eval_problems=held_out,

@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsd.analysis.credit import CONTEXTS, PEER_RULES, WIDTHS, collect, credit_tables
+from hsd.analysis.credit import CONTEXTS, WIDTHS, collect, credit_tables
 from hsd.analysis.report import write_report
+from hsd.core.peers import RULES_FROM_REWARDS
 from hsd.sampling import SamplingSettings, set_cpu_threads
 from hsd.tasks.problem import Problem
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
@@ -35,6 +36,7 @@ def analyze(
     min_failures: int = 64,
     seed: int = 0,
     peer_rule: str = "uniform",
+    success_threshold: float = 1.0,
     contexts: Sequence[str] = CONTEXTS,
     problems_per_batch: int = 8,
     batch_size: int = 64,
@@ -65,6 +67,7 @@ def analyze(
         batch_size=batch_size,
         seed=seed,
         peer_rule=peer_rule,
+        success_threshold=success_threshold,
         contexts=contexts,
         template=template,
         max_peer_tokens=max_peer_tokens,
@@ -126,10 +129,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="sample batches of problems until this many failed rollouts with a peer (default 64)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, peer draws and the control")
-    parser.add_argument("--peer-rule", choices=PEER_RULES, default="uniform",
-                        help="the failed rollout's peer: uniform over its group's successes (seeded), or the first")  # fmt: skip
+    parser.add_argument("--peer-rule", choices=RULES_FROM_REWARDS, default="uniform",
+                        help="the failed rollout's peer: uniform over its group's successes (seeded), the first, "
+                        "or one uniform draw shared by the group")  # fmt: skip
+    parser.add_argument("--success-threshold", type=float, default=1.0,
+                        help="a rollout succeeds when its reward >= this (default 1.0, as HSDConfig)")  # fmt: skip
     parser.add_argument("--contexts", type=_contexts, default=list(CONTEXTS),
-                        help="comma-separated teacher contexts among opsd,hsd,sdft (default: all)")  # fmt: skip
+                        help="comma-separated teacher contexts among opsd,hsd,reference (default: all)")  # fmt: skip
     parser.add_argument(
         "--problems-per-batch", type=int, default=8, help="problems sampled per round (default 8)"
     )
@@ -179,6 +185,7 @@ def main(args: argparse.Namespace) -> int:
         min_failures=args.min_failures,
         seed=args.seed,
         peer_rule=args.peer_rule,
+        success_threshold=args.success_threshold,
         contexts=args.contexts,
         problems_per_batch=args.problems_per_batch,
         batch_size=args.batch_size,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hsd.core.contexts import TeacherContext
+from hsd.core.contexts import TeacherContext, context_for
 from hsd.core.divergence import (
     abs_credit_at,
     coverage,
@@ -22,19 +22,19 @@ from hsd.core.divergence import (
     optimal_success_rate,
     silence_curve,
 )
-from hsd.core.peers import select_peers
+from hsd.core.peers import RULES_FROM_REWARDS, select_peers
 from hsd.sampling import SamplingSettings, chat_prompt, decode, generate, progress_bar, prompt_ids
 from hsd.tasks.problem import UNCOMPUTED, Problem
 from hsd.tasks.rewards import Verifier, verify_all
 from hsd.teacher.prompt import teacher_input_ids, tokenize_prompt
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
-# opsd: the gold answer only; hsd: a successful peer + the answer (Eq. 9); sdft: the reference solution
-CONTEXTS = ("opsd", "hsd", "sdft")
+# The context modes (CONTEXT_MODES) compared: opsd, the gold answer only; hsd, a successful peer + the
+# answer (Eq. 9); reference, the reference solution (SDFT)
+CONTEXTS = ("opsd", "hsd", "reference")
 WIDTHS = (2, 4, 8, 16, 32)
 # difficulty by the group's pass rate p: > .5 easy, .2 to .5 medium, < .2 hard (the paper's buckets)
 DIFFICULTIES = ("easy", "medium", "hard")
-PEER_RULES = ("uniform", "first")
 
 
 def difficulty(pass_rate: float) -> str:
@@ -448,14 +448,12 @@ def completion_logprobs(
 def teacher_context(
     context: str, answer: str, peer: int | None, reference: str | None
 ) -> TeacherContext | None:
-    """The teacher context of each analysed context; None for sdft when the problem has no reference."""
-    if context == "opsd":
-        return TeacherContext(answer=answer)
-    if context == "hsd":  # Eq. 9: answer and peer
-        return TeacherContext(answer=answer, peer=peer)
-    if context == "sdft":
-        return TeacherContext(reference=reference) if reference is not None else None
-    raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    """The teacher context of each analysed context; None for reference when the problem has none."""
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if context == "reference" and reference is None:
+        return None
+    return context_for(context, answer=answer, peer=peer, reference=reference)
 
 
 def score_rollouts(
@@ -549,6 +547,7 @@ def collect(
     batch_size: int = 64,
     seed: int = 0,
     peer_rule: str = "uniform",
+    success_threshold: float = 1.0,
     contexts: Sequence[str] = CONTEXTS,
     template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
     max_peer_tokens: int | None = None,
@@ -561,8 +560,8 @@ def collect(
     with a peer are in hand or the problems run out."""
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
         raise ValueError(f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}")
-    if peer_rule not in PEER_RULES:
-        raise ValueError(f"peer_rule must be one of {PEER_RULES}, got {peer_rule!r}")
+    if peer_rule not in RULES_FROM_REWARDS:
+        raise ValueError(f"peer_rule must be one of {RULES_FROM_REWARDS}, got {peer_rule!r}")
     sampling = sampling or SamplingSettings(max_new_tokens=256)
     if sampling.greedy:
         raise ValueError("the analysis samples groups of rollouts; greedy decoding gives one per problem")
@@ -595,15 +594,17 @@ def collect(
             for problem, ids_G, texts_G, verdicts in zip(batch, ids_PG, texts_PG, verdicts_PG):
                 # an unverifiable rollout is never a peer nor analysed, as in training
                 rewards_G = [-math.inf if v.reason == UNCOMPUTED else v.reward for v in verdicts]
-                peers = select_peers(rewards_G, group_size, peer_rule, generator=generator)
-                successes = sum(r >= 1.0 for r in rewards_G)
+                peers = select_peers(
+                    rewards_G, group_size, peer_rule, generator=generator, threshold=success_threshold
+                )
+                successes = sum(r >= success_threshold for r in rewards_G)
                 uncomputed = sum(r == -math.inf for r in rewards_G)
                 groups.append(GroupOutcome(problem.id, group_size, successes, uncomputed))
                 reference_ids = None
                 if problem.reference is not None:
                     reference_ids = list(tokenizer(problem.reference, add_special_tokens=False)["input_ids"])
                 for i, (verdict, peer) in enumerate(zip(verdicts, peers)):
-                    if rewards_G[i] >= 1.0 or rewards_G[i] == -math.inf or peer is None:
+                    if rewards_G[i] >= success_threshold or rewards_G[i] == -math.inf or peer is None:
                         continue
                     tokens = _token_texts(tokenizer, ids_G[i])
                     visible = [tokenizer.decode([t], skip_special_tokens=True) for t in ids_G[i]]
@@ -648,6 +649,7 @@ def collect(
         "min_failures": min_failures,
         "seed": seed,
         "peer_rule": peer_rule,
+        "success_threshold": success_threshold,
         "contexts": list(contexts),
         "max_peer_tokens": max_peer_tokens,
     }

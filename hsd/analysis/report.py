@@ -16,8 +16,8 @@ from hsd.analysis.credit import CONTEXTS, DIFFICULTIES, FailedRollout
 PROFILE_PNG = "credit_profile.png"
 SILENCE_PNG = "silence_curve.png"
 COVERAGE_PNG = "coverage.png"
-LABELS = {"opsd": "OPSD (answer)", "hsd": "HSD (peer + answer)", "sdft": "SDFT (reference)"}
-COLORS = {"opsd": "#d62728", "hsd": "#1f77b4", "sdft": "#2ca02c"}
+LABELS = {"opsd": "OPSD (answer)", "hsd": "HSD (peer + answer)", "reference": "SDFT (reference)"}
+COLORS = {"opsd": "#d62728", "hsd": "#1f77b4", "reference": "#2ca02c"}
 # the paper's cumulative share of |A| within |t - tau| <= w (method doc, "Credit profile at the divergence")
 PAPER_MASS_WITHIN = {
     "HSD": {"2": 0.23, "4": 0.39, "8": 0.55, "16": 0.76, "32": 0.93},

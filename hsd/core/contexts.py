@@ -15,6 +15,8 @@ from hsd.core.peers import as_float_list, check_group_size
 # hsd: answer + peer (Eq. 9); opsd: answer only; peer: peer only (ablation);
 # reference: a worked reference solution (SDFT, original OPSD); none: no privileged context (a control)
 CONTEXT_MODES = ("hsd", "opsd", "peer", "reference", "none")
+# What a context holds (`TeacherContext.kind`): hsd gives answer+peer (answer after a fallback), opsd answer
+CONTEXT_KINDS = ("none", "answer+peer", "answer", "peer", "reference")
 
 
 @dataclass(frozen=True)
@@ -121,23 +123,34 @@ def build_contexts(
         if missing:
             raise ValueError(f"references is None for rollout {missing[0]}; mode 'reference' needs one")
 
-    contexts_N: list[TeacherContext | None] = []
-    for i in range(n_rollouts):
-        if not distill_successes and rewards_N[i] >= threshold:
-            contexts_N.append(None)
-        elif mode == "hsd":  # Eq. 9
-            if peers[i] is not None:
-                contexts_N.append(TeacherContext(answer=answers_N[i], peer=peers[i]))
-            elif fallback:
-                contexts_N.append(TeacherContext(answer=answers_N[i], fallback=True))
-            else:
-                contexts_N.append(None)
-        elif mode == "opsd":
-            contexts_N.append(TeacherContext(answer=answers_N[i]))
-        elif mode == "peer":
-            contexts_N.append(TeacherContext(peer=peers[i]) if peers[i] is not None else None)
-        elif mode == "reference":
-            contexts_N.append(TeacherContext(reference=references_N[i]))
-        else:  # "none": the teacher sees exactly what the student sees
-            contexts_N.append(TeacherContext())
-    return contexts_N
+    return [
+        None
+        if not distill_successes and rewards_N[i] >= threshold
+        else context_for(
+            mode,
+            answer=answers_N[i],
+            peer=peers[i],
+            reference=references_N[i] if references_N is not None else None,
+            fallback=fallback,
+        )
+        for i in range(n_rollouts)
+    ]
+
+
+def context_for(
+    mode: str, *, answer: str | None, peer: int | None, reference: str | None, fallback: bool = True
+) -> TeacherContext | None:
+    """One rollout's teacher context under `mode` (see `build_contexts`), or None when it is not distilled."""
+    if mode == "hsd":  # Eq. 9
+        if peer is not None:
+            return TeacherContext(answer=answer, peer=peer)
+        return TeacherContext(answer=answer, fallback=True) if fallback else None
+    if mode == "opsd":
+        return TeacherContext(answer=answer)
+    if mode == "peer":
+        return TeacherContext(peer=peer) if peer is not None else None
+    if mode == "reference":
+        return TeacherContext(reference=reference)
+    if mode == "none":  # the teacher sees exactly what the student sees
+        return TeacherContext()
+    raise ValueError(f"mode must be one of {CONTEXT_MODES}, got {mode!r}")

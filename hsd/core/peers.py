@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 
 RULES = ("uniform", "first", "shortest", "lowest_ppl", "highest_ppl", "uniform_shared")
+# the rules that need nothing but the rewards (and a generator): no lengths, no log-probs
+RULES_FROM_REWARDS = ("uniform", "first", "uniform_shared")
 
 
 def as_float_list(values: Sequence[float] | torch.Tensor, name: str) -> list[float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from hsd.core.divergence import first_divergence
+from hsd.core.divergence import coverage, first_divergence
 from hsd.tasks.chain import load_chain_problems, verify_chain
 from hsd.tasks.problem import Problem
 from hsd.testbed.model import torch_threads
@@ -83,11 +83,6 @@ def sample_completions(
     finally:
         tokenizer.padding_side = padding_side
     return [rows[i : i + group_size] for i in range(0, len(rows), group_size)]
-
-
-def coverage(p: float, group_size: int) -> float:
-    """f(p, G) = (1 - p) [1 - (1 - p)^(G - 1)] (Eq. 12): the chance a rollout is a failure with a peer."""
-    return (1 - p) * (1 - (1 - p) ** (group_size - 1))
 
 
 def divergence_stats(

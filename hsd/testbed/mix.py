@@ -30,10 +30,9 @@ import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from hsd.core.contexts import CONTEXT_KINDS
 from hsd.tasks.chain import Chain, chain_prompt, chain_split, random_chain, worked_solution
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
-
-CONTEXTS = ("none", "answer+peer", "answer", "peer", "reference")
 
 
 class Example(NamedTuple):
@@ -108,8 +107,8 @@ def example(
     slip_rate: float = 0.0,
 ) -> Example:
     """One (user message, assistant target) pair of the mix; a context example slips with `slip_rate`."""
-    if context not in CONTEXTS:
-        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if context not in CONTEXT_KINDS:
+        raise ValueError(f"context must be one of {CONTEXT_KINDS}, got {context!r}")
     chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
     while chain_split(chain) != "train":  # held-out problems never appear in pretraining
         chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
@@ -167,7 +166,6 @@ def sample_example(
 
 
 __all__ = [
-    "CONTEXTS",
     "Chain",
     "Example",
     "corrupted_solution",

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from hsd.core.contexts import CONTEXT_KINDS
 from hsd.tasks.chain import MODULI
-from hsd.testbed.mix import CONTEXTS, sample_example
+from hsd.testbed.mix import sample_example
 
 CODE_VERSION = 2  # bump when a change here or in the mix changes the weights a config builds
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
@@ -95,10 +96,10 @@ class TestbedConfig:
             raise ValueError(f"modulus must be one of {MODULI}, got {self.modulus!r}")
         if not 1 <= self.operand_max < self.modulus:
             raise ValueError(f"operand_max must be in [1, {self.modulus - 1}], got {self.operand_max!r}")
-        unknown = [name for name, _ in self.context_weights if name not in CONTEXTS]
+        unknown = [name for name, _ in self.context_weights if name not in CONTEXT_KINDS]
         if unknown or not any(weight > 0 for _, weight in self.context_weights):
             raise ValueError(
-                f"context_weights must weigh contexts among {CONTEXTS} positively, got {unknown}"
+                f"context_weights must weigh contexts among {CONTEXT_KINDS} positively, got {unknown}"
             )
 
     def key(self) -> str:

@@ -52,9 +52,9 @@ def test_credit_json_has_the_documented_keys_and_shares(run):
                 "abs_credit_elsewhere", "peak_credit_at_tau", "silence_curve", "median_tau", "tau_zero_share",
                 "shared_prefix", "coverage", "counts"):  # fmt: skip
         assert key in credit, key
-    assert credit["contexts"] == ["opsd", "hsd", "sdft"]
+    assert credit["contexts"] == ["opsd", "hsd", "reference"]
     for table in ("mass_within", "mass_within_random"):
-        for context in ("opsd", "hsd", "sdft"):
+        for context in ("opsd", "hsd", "reference"):
             shares = credit[table][context]
             assert list(shares) == ["2", "4", "8", "16", "32"]
             assert all(0 <= v <= 1 for v in shares.values())

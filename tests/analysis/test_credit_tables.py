@@ -162,7 +162,7 @@ def test_score_rollouts_uses_the_trained_teachers_sequences(tiny_model_dir):
         FailedRollout("q1", 0, 1, 0.5, completion, peer),
         FailedRollout("q1", 2, 1, 0.5, completion[:3], peer),
     ]
-    score_rollouts(model, tokenizer, rollouts, {"q1": problem}, ("opsd", "hsd", "sdft"), batch_tokens=40)
+    score_rollouts(model, tokenizer, rollouts, {"q1": problem}, ("opsd", "hsd", "reference"), batch_tokens=40)
 
     def chat(text):
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -173,7 +173,7 @@ def test_score_rollouts_uses_the_trained_teachers_sequences(tiny_model_dir):
     teacher_text = {
         "opsd": render(problem.prompt, answer="5"),
         "hsd": render(problem.prompt, answer="5", peer=peer_text),
-        "sdft": render(problem.prompt, reference="2 + 3 = 5"),
+        "reference": render(problem.prompt, reference="2 + 3 = 5"),
     }
     assert "2+3=5" in teacher_text["hsd"] and "5" in teacher_text["opsd"]
     for r in rollouts:

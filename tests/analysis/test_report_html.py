@@ -29,7 +29,7 @@ def _rollouts(n: int, seed: int = 0) -> list[FailedRollout]:
         tau = rng.randint(0, length - 1)
         peer = ids[:tau] + [99] + [rng.randrange(50) for _ in range(rng.randint(0, 20))]
         student = [-rng.random() for _ in ids]
-        teacher = {c: [s - rng.gauss(0, 1) for s in student] for c in ("opsd", "hsd", "sdft")}
+        teacher = {c: [s - rng.gauss(0, 1) for s in student] for c in ("opsd", "hsd", "reference")}
         out.append(
             FailedRollout(
                 problem_id=f"p{k // 3}", rollout=k % 3, peer=3, pass_rate=rng.random(),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from hsd.core.divergence import coverage
 from hsd.tasks.chain import Chain, chain_problem
-from hsd.testbed.measure import completion_text, coverage, divergence_stats, measure_testbed
+from hsd.testbed.measure import completion_text, divergence_stats, measure_testbed
 from hsd.testbed.model import build_testbed_model, build_tokenizer
 
 CORRECT = "7+3=0\n0-1=9\n9+2=1\n1-3=8\nAnswer: 8"
