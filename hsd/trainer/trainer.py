@@ -28,6 +28,15 @@ from hsd.core.positions import distill_position_mask, rollout_regions
 from hsd.teacher.prefix import distinct_prefixes, supports_shared_prefix
 from hsd.teacher.prompt import teacher_input_ids
 from hsd.trainer.config import HSDConfig
+from hsd.trainer.engines import (
+    blend_into,
+    broadcast_from_rank0,
+    check_copy_supported,
+    copy_weights,
+    new_copy,
+    prepare_copy,
+    teacher_stop_gradient,
+)
 from hsd.trainer.forward import DistillTerms, chunked_token_logps, install_hsd_forward, set_distill_head
 
 logger = logging.getLogger(__name__)
@@ -141,7 +150,7 @@ class HSDTrainer(GRPOTrainer):
 
             args.beta = self.beta = beta
             self.ref_model = self._copy_policy(
-                prepare=lambda m: add_fused_lm_head(m, temperature=self.temperature)
+                "beta", prepare=lambda m: add_fused_lm_head(m, temperature=self.temperature)
             )
         install_hsd_forward(self.model)
         self._peer_draws = 0
@@ -151,37 +160,28 @@ class HSDTrainer(GRPOTrainer):
         self.last_contexts: list | None = None
         self.teacher_model = None  # None: the live policy under stop-gradient (the paper's choice)
         if args.needs_teacher and args.teacher_weights != "live":
-            self.teacher_model = self._copy_policy()
+            self.teacher_model = self._copy_policy("teacher_weights")
             if args.teacher_weights == "ema":
-                if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                    raise ValueError(
-                        "teacher_weights='ema' is not supported with DeepSpeed or FSDP; use live"
-                    )
                 self.add_callback(_EMATeacherCallback(self))
 
     # ----------------------------------------------------------------------------------------------- teacher
-    def _copy_policy(self, prepare=install_hsd_forward):
-        """A separate copy of the current policy (reference, frozen or EMA teacher), prepared like TRL's."""
-        from trl.models import prepare_deepspeed, prepare_fsdp
-
+    def _copy_policy(self, field: str, prepare=install_hsd_forward):
+        """A separate copy of the current policy (reference, frozen or EMA teacher), prepared for the policy's
+        engine like TRL's reference model (engines.py: gathered where partitioned, split like the policy)."""
+        check_copy_supported(self.accelerator, field, getattr(self.args, field))
         policy = self.accelerator.unwrap_model(self.model)
-        teacher = type(policy)(policy.config)
-        teacher.load_state_dict(policy.state_dict())
-        teacher.to(dtype=next(policy.parameters()).dtype).eval().requires_grad_(False)
-        prepare(teacher)
-        if self.is_deepspeed_enabled:
-            return prepare_deepspeed(teacher, self.accelerator)
+        copy = new_copy(policy)
+        copy_weights(copy, policy)
+        prepare(copy)
+        copy = prepare_copy(copy, self.accelerator, self.is_deepspeed_enabled, self.is_fsdp_enabled)
         if self.is_fsdp_enabled:
-            return prepare_fsdp(teacher, self.accelerator)
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+            broadcast_from_rank0(copy, policy, self.accelerator)
+        return copy
 
-    @torch.no_grad()
     def _update_ema_teacher(self) -> None:
-        decay = self.args.teacher_ema_decay
-        policy = self.accelerator.unwrap_model(self.model)
-        teacher = self.accelerator.unwrap_model(self.teacher_model)
-        for p_teacher, p_policy in zip(teacher.parameters(), policy.parameters(), strict=True):
-            p_teacher.mul_(decay).add_(p_policy.detach().to(p_teacher.dtype), alpha=1.0 - decay)
+        """teacher <- decay * teacher + (1 - decay) * policy, on each process's shards."""
+        unwrap = self.accelerator.unwrap_model
+        blend_into(unwrap(self.teacher_model), unwrap(self.model), decay=self.args.teacher_ema_decay)
 
     @contextmanager
     def _timed(self, phase: str):
@@ -374,7 +374,7 @@ class HSDTrainer(GRPOTrainer):
         shared = args.teacher_prefix_cache and supports_shared_prefix(
             self.accelerator.unwrap_model(teacher).config
         )
-        stop_gradient = torch.inference_mode if args.teacher_inference_mode else torch.no_grad
+        stop_gradient = teacher_stop_gradient(self.accelerator, args.teacher_inference_mode)
         with stop_gradient(), self._timed("teacher"):
             if shared:
                 prefix_ids, prefix_mask, prefix_of_row = distinct_prefixes(

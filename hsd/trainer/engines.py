@@ -1,0 +1,150 @@
+"""Copies of the policy (reference, frozen or EMA teacher) under every training engine accelerate offers.
+
+A copy gets the policy's weights when it is built (the policy is not prepared yet: ZeRO-3 parameters may
+already be partitioned, which are gathered one at a time; under FSDP process 0's weights are broadcast),
+and is prepared for the same engine as the policy, so its parameters are split the same way: under
+DeepSpeed ZeRO-3 each parameter's local partition (`param.ds_tensor`), under FSDP2 each DTensor's local
+shard, elsewhere (no engine, DDP, ZeRO-0/1/2) the full tensor. The EMA update is then elementwise on the
+local pieces, with no gather:
+
+    teacher_local <- decay * teacher_local + (1 - decay) * policy_local
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import DistributedType
+
+ZERO3 = "DeepSpeed ZeRO-3"
+
+
+def engine_name(accelerator) -> str:
+    """The engine that runs the model, as a user names it: 'FSDP2', 'DeepSpeed ZeRO-2', 'DDP', ..."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    if kind == DistributedType.FSDP:
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
+    if kind == DistributedType.NO:
+        return "no engine"
+    return "DDP"
+
+
+def gathers_parameters(accelerator) -> bool:
+    """True when engine hooks all-gather parameters around each forward (ZeRO-3, FSDP): the gathered buffers
+    must not be created under torch.inference_mode, or the next forward with autograd fails on them."""
+    name = engine_name(accelerator)
+    return name == ZERO3 or name.startswith("FSDP")
+
+
+def teacher_stop_gradient(accelerator, inference_mode: bool):
+    """The context of the teacher pass: torch.inference_mode when asked and safe, else torch.no_grad."""
+    return torch.inference_mode if inference_mode and not gathers_parameters(accelerator) else torch.no_grad
+
+
+def check_copy_supported(accelerator, field: str, value: str) -> None:
+    """Raise, naming the engine and the field, where a sharded copy of the policy cannot be built."""
+    name = engine_name(accelerator)
+    if name == "FSDP1":
+        raise ValueError(
+            f"{field}={value!r} is not supported under FSDP1 (fsdp_version: 1 in the accelerate config): "
+            "use fsdp_version: 2, or teacher_weights='live'"
+        )
+
+
+def local_pieces(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The locally held part of each parameter, in `parameters()` order: the ZeRO-3 partition `ds_tensor`,
+    the FSDP2 DTensor's local shard, or (no engine, DDP, ZeRO-0/1/2) the parameter itself."""
+    pieces = []
+    for param in module.parameters():
+        if hasattr(param, "ds_tensor"):
+            pieces.append(param.ds_tensor)
+        elif hasattr(param, "to_local"):
+            pieces.append(param.to_local())
+        else:
+            pieces.append(param.data)
+    return pieces
+
+
+def _release_gathered(module: torch.nn.Module) -> None:
+    """FSDP2: drop unsharded parameters a forward left behind (reshard_after_forward: false), so the next
+    forward gathers the updated shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()
+
+
+def _regather_zero3(module: torch.nn.Module) -> None:
+    """ZeRO-3: after partitions were written, free any gathered copy and rebuild the persistent (always
+    gathered) parameters from their partitions, as DeepSpeed does after an optimizer step."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    params = [p for p in module.parameters() if hasattr(p, "ds_tensor")]
+    gathered = [p for p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
+    if gathered:
+        gathered[0].partition(gathered)
+    persistent = [p for p in params if getattr(p, "ds_persist", False)]
+    if persistent:
+        persistent[0].all_gather(persistent)
+
+
+@torch.no_grad()
+def blend_into(target: torch.nn.Module, source: torch.nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * source, on each process's local pieces (decay 0: a copy).
+
+    Both modules must be the same architecture prepared by the same engine (identically split)."""
+    _release_gathered(target)
+    targets, sources = local_pieces(target), local_pieces(source)
+    if [t.shape for t in targets] != [s.shape for s in sources]:
+        raise RuntimeError(
+            "the copy of the policy is not split like the policy; cannot update it shard by shard"
+        )
+    for t, s in zip(targets, sources, strict=True):
+        t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1.0 - decay)
+    if any(hasattr(p, "ds_tensor") for p in target.parameters()):
+        _regather_zero3(target)
+
+
+@torch.no_grad()
+def copy_weights(copy: torch.nn.Module, policy: torch.nn.Module) -> None:
+    """Give an unprepared copy the policy's weights. ZeRO-3-partitioned parameters (loaded or built under
+    `deepspeed.zero.Init`) are gathered one pair at a time, so no process ever holds a whole model twice."""
+    params = list(copy.parameters()) + list(policy.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        copy.load_state_dict(policy.state_dict())
+        return
+    import deepspeed
+
+    for t, s in zip(copy.parameters(), policy.parameters(), strict=True):
+        with deepspeed.zero.GatheredParameters([t, s], modifier_rank=0):
+            t.data.copy_(s.data.to(t.dtype))
+
+
+def broadcast_from_rank0(prepared_copy: torch.nn.Module, policy: torch.nn.Module, accelerator) -> None:
+    """FSDP: load process 0's full weights into the sharded copy. With `fsdp_cpu_ram_efficient_loading` only
+    process 0 holds the real weights before the policy is prepared (the others get them then)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state = policy.state_dict() if accelerator.is_main_process else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(prepared_copy, state, options=options)
+
+
+def new_copy(policy: torch.nn.Module) -> torch.nn.Module:
+    """An untrained model of the policy's class, config and dtype, frozen for inference. Built through
+    `_from_config` so that under ZeRO-3 it is created partitioned (`deepspeed.zero.Init`), never whole."""
+    dtype = next(policy.parameters()).dtype
+    return type(policy)._from_config(policy.config, dtype=dtype).eval().requires_grad_(False)
+
+
+def prepare_copy(copy: torch.nn.Module, accelerator, is_deepspeed: bool, is_fsdp: bool):
+    """Wrap a copy for the policy's engine, as TRL prepares its reference model."""
+    from trl.models import prepare_deepspeed, prepare_fsdp
+
+    if is_deepspeed:
+        return prepare_deepspeed(copy, accelerator)
+    if is_fsdp:
+        return prepare_fsdp(copy, accelerator)
+    return accelerator.prepare_model(copy, evaluation_mode=True)
