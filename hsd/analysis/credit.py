@@ -22,10 +22,12 @@ from hsd.core.divergence import (
     optimal_success_rate,
     silence_curve,
 )
+from hsd.core.head import chunked_token_logps
 from hsd.core.peers import RULES_FROM_REWARDS, select_peers
 from hsd.sampling import SamplingSettings, chat_prompt, decode, generate, progress_bar, prompt_ids
 from hsd.tasks.problem import UNCOMPUTED, Problem
 from hsd.tasks.rewards import Verifier, verify_all
+from hsd.teacher.prefix import padded, prefix_shared_hidden
 from hsd.teacher.prompt import teacher_input_ids, tokenize_prompt
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
@@ -336,74 +338,16 @@ def _counts(rollouts: Sequence[FailedRollout], groups: Sequence[GroupOutcome]) -
 
 
 # ------------------------------------------------------------------------------------- the model side
-def _token_logps(
-    hidden_TH: torch.Tensor, completion: Sequence[int], lm_head, temperature: float
-) -> list[float]:
-    """log p(o_t) from the hidden states that predict each completion token."""
-    logits_TV = lm_head(hidden_TH).float() / temperature
-    targets = torch.tensor(list(completion), device=logits_TV.device)
-    return torch.log_softmax(logits_TV, dim=-1).gather(-1, targets[:, None])[:, 0].cpu().tolist()
-
-
-def _batches(lengths: dict[int, int], batch_tokens: int) -> list[list[int]]:
-    """Indices in order of length, cut into batches of at most `batch_tokens` padded tokens (one at least)."""
-    order = sorted(lengths, key=lengths.get)
-    batches, current = [], []
+def _batches(order: list[int], lengths: dict[int, int], batch_tokens: int) -> list[list[int]]:
+    """`order` cut into runs of at most `batch_tokens` padded tokens (rows x longest row; one row at least)."""
+    batches, current, longest = [], [], 0
     for i in order:
-        if current and lengths[i] * (len(current) + 1) > batch_tokens:
+        if current and max(longest, lengths[i]) * (len(current) + 1) > batch_tokens:
             batches.append(current)
-            current = []
+            current, longest = [], 0
         current.append(i)
+        longest = max(longest, lengths[i])
     return batches + [current] if current else batches
-
-
-def _right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[b, : len(row)] = 1
-    return input_ids, attention
-
-
-def _whole_sequences(model, lm_head, sequences, indices, out, temperature, batch_tokens, device) -> None:
-    """Each [prompt ; completion] in one right-padded pass (positions unchanged by the padding)."""
-    lengths = {i: len(sequences[i][0]) + len(sequences[i][1]) for i in indices}
-    for batch in _batches(lengths, batch_tokens):
-        input_ids, attention = _right_padded([list(sequences[i][0]) + list(sequences[i][1]) for i in batch])
-        hidden_BLH = model.base_model(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
-        ).last_hidden_state
-        for b, i in enumerate(batch):
-            prompt_len, completion = len(sequences[i][0]), sequences[i][1]
-            # the hidden state at position j predicts token j + 1
-            out[i] = _token_logps(hidden_BLH[b, prompt_len - 1 : prompt_len - 1 + len(completion)], completion,
-                                  lm_head, temperature)  # fmt: skip
-
-
-def _shared_prompt(
-    model, lm_head, prompt, sequences, indices, out, temperature, batch_tokens, device
-) -> None:
-    """Completions that share one prompt: the prompt is run once per batch and its KV cache repeated."""
-    lengths = {i: len(prompt) + len(sequences[i][1]) for i in indices}
-    for batch in _batches(lengths, batch_tokens):
-        prompt_pass = model.base_model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
-        cache = prompt_pass.past_key_values
-        cache.batch_repeat_interleave(len(batch))
-        input_ids, attention = _right_padded([list(sequences[i][1]) for i in batch])
-        attention = torch.cat([torch.ones((len(batch), len(prompt)), dtype=torch.long), attention], dim=1)
-        hidden_BTH = model.base_model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
-        last_prompt_H = prompt_pass.last_hidden_state[0, -1]  # predicts the first completion token
-        for b, i in enumerate(batch):
-            completion = sequences[i][1]
-            hidden_TH = torch.cat([last_prompt_H[None], hidden_BTH[b, : len(completion) - 1]])
-            out[i] = _token_logps(hidden_TH, completion, lm_head, temperature)
 
 
 @torch.no_grad()
@@ -417,10 +361,11 @@ def completion_logprobs(
 ) -> list[list[float]]:
     """log p(o_t | prompt, o_<t) for every completion token of each (prompt ids, completion ids) pair.
 
-    Batches of similar length, right-padded, at most about `batch_tokens` padded tokens each; logits divided
-    by `temperature` as in the trainer's log-probs; only completion positions go through the LM head. With
-    `share_prompts`, completions with the same prompt (a group's student prompt, its answer-only teacher
-    prompt, the teacher prompt of one peer) reuse one pass over that prompt through its KV cache.
+    The trainer's teacher pass (`hsd.teacher.prefix.prefix_shared_hidden`): prompts left-padded, completions
+    right-padded, at most about `batch_tokens` padded tokens a batch; with `share_prompts` each distinct
+    prompt of a batch (a group's student prompt, its answer-only teacher prompt, the teacher prompt of one
+    peer) runs once and its KV cache serves every completion on it. Logits are divided by `temperature`
+    as in the trainer's log-probs; only completion positions go through the LM head.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -428,20 +373,35 @@ def completion_logprobs(
         if len(prompt) == 0:
             raise ValueError(f"sequences[{i}] has an empty prompt: the first token has no prediction")
     device = next(model.parameters()).device
-    lm_head = model.get_output_embeddings()
     out: list[list[float]] = [[] for _ in sequences]
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, (prompt, completion) in enumerate(sequences):
-        if len(completion):
-            by_prompt.setdefault(tuple(prompt), []).append(i)
-    alone = []
-    for prompt, indices in by_prompt.items():
-        if share_prompts and len(indices) > 1:
-            _shared_prompt(model, lm_head, prompt, sequences, indices, out, temperature, batch_tokens, device)
-        else:
-            alone.extend(indices)
-    if alone:
-        _whole_sequences(model, lm_head, sequences, alone, out, temperature, batch_tokens, device)
+    scored = [i for i, (_, completion) in enumerate(sequences) if len(completion)]
+    order = sorted(scored, key=lambda i: (tuple(sequences[i][0]), len(sequences[i][1])))
+    lengths = {i: len(sequences[i][0]) + len(sequences[i][1]) for i in scored}
+    for batch in _batches(order, lengths, batch_tokens):
+        prompts = [tuple(sequences[i][0]) for i in batch]
+        distinct = list(dict.fromkeys(prompts)) if share_prompts else prompts
+        index = {prompt: u for u, prompt in enumerate(distinct)}
+        prefix_of_row = [index[p] for p in prompts] if share_prompts else list(range(len(batch)))
+        prefix_ids, prefix_mask = padded(distinct, left=True)
+        completion_ids, completion_mask = padded([sequences[i][1] for i in batch], left=False)
+        hidden_RTH = prefix_shared_hidden(
+            model.base_model,
+            prefix_ids.to(device),
+            prefix_mask.to(device),
+            torch.tensor(prefix_of_row, device=device),
+            completion_ids.to(device),
+            completion_mask.to(device),
+        )
+        keep_RT = completion_mask.bool().to(device)
+        logps_N = chunked_token_logps(
+            hidden_RTH[keep_RT], completion_ids.to(device)[keep_RT], model.get_output_embeddings(),
+            temperature=temperature,
+        ).cpu()  # fmt: skip
+        start = 0
+        for i in batch:
+            n = len(sequences[i][1])
+            out[i] = logps_N[start : start + n].tolist()
+            start += n
     return out
 
 

@@ -13,6 +13,18 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 
+def padded(rows: list, *, left: bool, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one [n, longest] batch and its attention mask, padded on the left or the right."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[r, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[r, span] = 1
+    return ids, mask
+
+
 def distinct_prefixes(prompt_ids_RP: torch.Tensor, prompt_mask_RP: torch.Tensor):
     """The distinct rows of a left-padded prompt batch: (ids [U, P], mask [U, P], prefix of each row [R])."""
     keyed_RK = torch.cat([prompt_ids_RP, prompt_mask_RP.to(prompt_ids_RP.dtype)], dim=1)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from hsd.core.head import chunks_on_every_rank
 from hsd.core.losses import token_divergence
 from hsd.teacher.prefix import prefix_shared_hidden
 
@@ -63,24 +64,6 @@ def _distill_chunk(
     return div, student_logp, teacher_logp, student_ent, teacher_ent
 
 
-def _logp_chunk(hidden, token_ids, lm_head, temperature):
-    logits = lm_head(hidden).float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, token_ids[:, None])[:, 0]
-
-
-def _chunks_on_every_rank(n_positions: int, chunk_size: int) -> int:
-    """Number of chunks to run, the same on every process: under DeepSpeed ZeRO-3 / FSDP each lm_head call
-    gathers its weight collectively, so a process with fewer positions still makes as many calls."""
-    n_chunks = -(-n_positions // chunk_size)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        count = torch.tensor([n_chunks], dtype=torch.long)
-        if torch.distributed.get_backend() == "nccl":
-            count = count.cuda()
-        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
-        n_chunks = int(count.item())
-    return n_chunks
-
-
 def fused_distillation(
     teacher_hidden_NH: torch.Tensor,
     student_hidden_NH: torch.Tensor,
@@ -102,7 +85,7 @@ def fused_distillation(
     teacher's logits are divided by `teacher_temperature` too (pT^(1/teacher_temperature), renormalised).
     """
     parts = []
-    for chunk in range(_chunks_on_every_rank(student_hidden_NH.size(0), chunk_size)):
+    for chunk in range(chunks_on_every_rank(student_hidden_NH.size(0), chunk_size)):
         sl = slice(chunk * chunk_size, (chunk + 1) * chunk_size)  # may be empty on this process
         args = (
             teacher_hidden_NH[sl],
@@ -125,22 +108,6 @@ def fused_distillation(
         return DistillTerms(empty, empty, *(empty.detach(),) * 3)
     div, s_logp, t_logp, s_ent, t_ent = (torch.cat(column) for column in zip(*parts, strict=True))
     return DistillTerms(div, s_logp, t_logp.detach(), s_ent.detach(), t_ent.detach())
-
-
-def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chunk_size=1024) -> torch.Tensor:
-    """log p(o_t) at each position, chunked (and checkpointed when gradients flow)."""
-    out = []
-    for chunk in range(_chunks_on_every_rank(hidden_NH.size(0), chunk_size)):
-        sl = slice(chunk * chunk_size, (chunk + 1) * chunk_size)
-        if torch.is_grad_enabled() and hidden_NH.requires_grad:
-            out.append(
-                checkpoint(
-                    _logp_chunk, hidden_NH[sl], token_ids_N[sl], lm_head, temperature, use_reentrant=False
-                )
-            )
-        else:
-            out.append(_logp_chunk(hidden_NH[sl], token_ids_N[sl], lm_head, temperature))
-    return torch.cat(out) if out else hidden_NH.new_zeros(0, dtype=torch.float32)
 
 
 # torch >= 2.8 on CUDA multiplies bf16 / fp16 matrices straight into a float32 result

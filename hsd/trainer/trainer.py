@@ -22,6 +22,7 @@ from trl.trainer.utils import pad
 
 from hsd.core.contexts import build_contexts
 from hsd.core.divergence import first_divergence
+from hsd.core.head import chunked_token_logps
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.peers import group_outcomes, select_peers
 from hsd.core.positions import distill_position_mask, rollout_regions
@@ -37,7 +38,7 @@ from hsd.trainer.engines import (
     prepare_copy,
     teacher_stop_gradient,
 )
-from hsd.trainer.forward import DistillTerms, chunked_token_logps, install_hsd_forward, set_distill_head
+from hsd.trainer.forward import DistillTerms, install_hsd_forward, set_distill_head
 
 logger = logging.getLogger(__name__)
 
