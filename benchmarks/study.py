@@ -38,9 +38,9 @@ COMMON = [
     "--eval-every", "10", "--eval-limit", "128", "--eval-k", "4",
     "--dataset", DATA.format(n=2048, split="train"),
     "--eval-dataset", DATA.format(n=128, split="test"),
-    "--validation-dataset", DATA.format(n=128, split="validation"),
     "--max_completion_length", "128",
 ]  # fmt: skip
+VALIDATION = ["--validation-dataset", DATA.format(n=128, split="validation")]
 
 # cell -> (method preset, HSDConfig overrides); hsd cells keep the quick start's EMA teacher
 CELLS: dict[str, tuple[str, list[str]]] = {
@@ -55,6 +55,8 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "hsd-mix": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5"]),
     "hsd-kl-st": ("hsd", ["--divergence", "kl_student_teacher"]),
     "hsd-no-fallback": ("hsd", ["--fallback", "false"]),
+    "hsd-mix-no-fallback": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--fallback", "false"]),
+    "hsd-kl-st-no-fallback": ("hsd", ["--divergence", "kl_student_teacher", "--fallback", "false"]),
     "hsd-mix-from-tau": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--distill_positions", "from_tau"]),
     "hsd-mix-tt0.5": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5"]),
     "live": ("hsd", ["--teacher_weights", "live"]),
@@ -71,15 +73,16 @@ def model_dir() -> str:
     return out.strip().splitlines()[-1]
 
 
-def command(cell: str, seeds: str, model: str) -> list[str]:
+def command(cell: str, seeds: str, model: str, validation: bool = True) -> list[str]:
     method, overrides = CELLS[cell]
     return [
         "hsd", "compare", "--config", "configs/quickstart.yaml", "--methods", method, "--seeds", seeds,
-        "--out", f"runs/study/{cell}", "--model", model, *COMMON, *overrides,
+        "--out", f"runs/study/{cell}", "--model", model, *COMMON, *(VALIDATION if validation else []),
+        *overrides,
     ]  # fmt: skip
 
 
-def run(cells: list[str], seeds: list[int]) -> None:
+def run(cells: list[str], seeds: list[int], validation: bool = True) -> None:
     """One training at a time, one torch thread, under its own lock (seed-major: every cell gets seed 0
     before any gets seed 1)."""
     model = model_dir()
@@ -88,7 +91,7 @@ def run(cells: list[str], seeds: list[int]) -> None:
         for cell in cells:
             if (OUT / cell / CELLS[cell][0] / f"seed-{seed}" / "done.json").exists():
                 continue
-            argv = ["flock", "/tmp/hsd-study.lock", *command(cell, f"{seed},", model)]
+            argv = ["flock", "/tmp/hsd-study.lock", *command(cell, f"{seed},", model, validation)]
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
@@ -188,17 +191,18 @@ def main() -> int:
     parser.add_argument("action", choices=("run", "report", "commands"))
     parser.add_argument("cells", nargs="*", default=list(CELLS))
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
     args = parser.parse_args()
     unknown = [c for c in args.cells if c not in CELLS]
     if unknown:
         raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
     if args.action == "run":
-        run(args.cells, [int(s) for s in args.seeds.split(",") if s])
+        run(args.cells, [int(s) for s in args.seeds.split(",") if s], validation=not args.no_validation)
     elif args.action == "report":
         report(args.cells)
     else:
         for cell in args.cells:
-            print(shlex.join(command(cell, args.seeds + ",", "$M")))
+            print(shlex.join(command(cell, args.seeds + ",", "$M", not args.no_validation)))
     return 0
 
 
