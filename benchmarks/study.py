@@ -122,6 +122,7 @@ def report(cells: list[str]) -> None:
 
 
 DIAGNOSTICS = ("teacher_p_token", "student_p_token", "teacher_entropy", "student_entropy")
+DIAGNOSED = ("hsd", "hsd-tt0.5", "hsd-mix", "hsd-kl-st", "hsd-mix-no-fallback")  # shown in diagnostics.*
 WINDOWS = {"steps 1-5": range(1, 6), "steps 26-30": range(26, 31)}
 
 
@@ -135,7 +136,8 @@ def diagnostics(cells: list[str], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regions = ("", "/success", "/failed_at_tau", "/failed_after_tau")
+    regions = ("", "/failed_at_tau", "/failed_after_tau", "/failed_no_peer")
+    cells = [c for c in cells if c in DIAGNOSED]
     per_cell = {}
     for cell in cells:
         rows = []
@@ -163,11 +165,18 @@ def diagnostics(cells: list[str], out: Path) -> list[str]:
                 lines.append(
                     f"| {cell} | {label} | {region.strip('/') or 'all'} | " + " | ".join(cells_) + " |"
                 )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for cell, rows in per_cell.items():
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    for index, (cell, rows) in enumerate(per_cell.items()):
         steps = sorted({r["step"] for r in rows})
         for ax, (name, region) in zip(
-            axes, (("entropy", ""), ("p_token", "/failed_after_tau"), ("p_token", "/success")), strict=True
+            axes,
+            (
+                ("entropy", ""),
+                ("p_token", "/failed_at_tau"),
+                ("p_token", "/failed_after_tau"),
+                ("entropy", "/failed_no_peer"),
+            ),
+            strict=True,
         ):
             for side, style in (("teacher", "-"), ("student", "--")):
                 key = f"hsd/{side}_{name}{region}"
@@ -175,7 +184,7 @@ def diagnostics(cells: list[str], out: Path) -> list[str]:
                     statistics.fmean([r[key] for r in rows if r["step"] == s and key in r] or [float("nan")])
                     for s in steps
                 ]
-                ax.plot(steps, means, style, label=f"{cell} {side}")
+                ax.plot(steps, means, style, color=f"C{index}", label=f"{cell} {side}")
             ax.set_title(f"{name}{region or ' (all distilled positions)'}")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
