@@ -12,6 +12,7 @@ import json
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -107,6 +108,20 @@ class LiveProgress(TrainerCallback):
         )
 
 
+@contextmanager
+def save_bars_off():
+    """transformers' progress bars (the "Writing model shards" bar of every save) off while inside."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 # ------------------------------------------------------------------------------------------------- runs
 def run_method(
     recipe: dict,
@@ -160,8 +175,9 @@ def run_method(
         callback.trainer = trainer
     start = time.time()
     resume = True if any(out.glob("checkpoint-*")) else None
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out / "final"))  # safetensors
+    with save_bars_off():  # one line per step: no "Writing model shards" bar between them
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(out / "final"))  # safetensors
     summary = summarize_run(out)
     summary.update(method=method, seed=seed, train_seconds=time.time() - start)
     done.write_text(json.dumps(summary, indent=2))

@@ -276,6 +276,9 @@ class HSDConfig(GRPOConfig):
             raise ValueError("HSDConfig.divergence_chunk_size must be >= 1")
         if self.use_cpu and self.bf16 is None:
             self.bf16 = False  # TRL defaults to bf16 autocast, which is slow on most CPUs
+        if getattr(self, "activation_checkpointing", False) is None:
+            # transformers renamed gradient_checkpointing (TRL's default: on): pass the value under the new name
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
 
     @property
