@@ -10,6 +10,7 @@ import argparse
 import difflib
 import json
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -141,12 +142,25 @@ def write_recipe(out: Path, script: TrainScript, config) -> Path:
     return path
 
 
+def close_reward_workers(trainer) -> None:
+    """Stop the verifier threads and worker processes of the trainer's reward functions."""
+    from hsd.tasks.pool import close_shared_pools
+
+    for func in trainer.reward_funcs:
+        close = getattr(getattr(func, "__wrapped__", func), "close", None)
+        if callable(close):
+            close()
+    close_shared_pools()
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
     parser.epilog = "Any other --field value pair overrides that field of the recipe."
 
 
 def main(args: argparse.Namespace) -> int:
+    from hsd.trainer.guards import RunStopped
+
     script, config = load_recipe(args.config, args.overrides)
     trainer = build_trainer(script, config)
     out = Path(config.output_dir)
@@ -154,8 +168,14 @@ def main(args: argparse.Namespace) -> int:
     write_recipe(out, script, config)
     resume = config.resume_from_checkpoint
     if resume is None and any(out.glob("checkpoint-*")):
-        resume = True  # resume from the last checkpoint automatically
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out / "final"))
+        resume = True  # resume from the newest good checkpoint automatically
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(out / "final"))
+    except RunStopped as stopped:  # interrupted, non-finite, checkpoint errors: one line, no traceback
+        print(f"hsd train: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    finally:
+        close_reward_workers(trainer)
     print(f"hsd train: done; metrics in {out / 'metrics.jsonl'}, model in {out / 'final'}")
     return 0

@@ -234,6 +234,13 @@ class HSDConfig(GRPOConfig):
         },
     )
 
+    max_nonfinite_steps: int = field(
+        default=3,
+        metadata={
+            "help": "Stop when more than this many optimizer steps in a row had a non-finite loss or gradient."
+        },
+    )
+
     def __post_init__(self):
         _check_choice("method", self.method, METHODS)
         preset = PRESETS[self.method]
@@ -272,6 +279,8 @@ class HSDConfig(GRPOConfig):
             raise ValueError(f"HSDConfig.rlsd_lambda={self.rlsd_lambda} must be in [0, 1]")
         if not 0.0 < self.rlsd_eps < 1.0:
             raise ValueError(f"HSDConfig.rlsd_eps={self.rlsd_eps} must be in (0, 1)")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"HSDConfig.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0")
         if self.divergence_chunk_size < 1:
             raise ValueError("HSDConfig.divergence_chunk_size must be >= 1")
         if self.use_cpu and self.bf16 is None:

@@ -13,10 +13,12 @@ import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
@@ -28,17 +30,20 @@ from hsd.core.peers import group_outcomes, select_peers
 from hsd.core.positions import distill_position_mask, rollout_regions
 from hsd.teacher.prefix import distinct_prefixes, supports_shared_prefix
 from hsd.teacher.prompt import teacher_input_ids
+from hsd.trainer import checkpoints, guards
 from hsd.trainer.config import HSDConfig
 from hsd.trainer.engines import (
     blend_into,
     broadcast_from_rank0,
     check_copy_supported,
     copy_weights,
+    gathers_parameters,
     new_copy,
     prepare_copy,
     teacher_stop_gradient,
 )
 from hsd.trainer.forward import DistillTerms, install_hsd_forward, set_distill_head
+from hsd.trainer.interrupt import StopOnSignal
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +169,97 @@ class HSDTrainer(GRPOTrainer):
             self.teacher_model = self._copy_policy("teacher_weights")
             if args.teacher_weights == "ema":
                 self.add_callback(_EMATeacherCallback(self))
+        self._attach_run_guards()
+
+    # ------------------------------------------------------------------- signals, checkpoints, non-finite
+    def _attach_run_guards(self) -> None:
+        """Stop on SIGINT/SIGTERM after a checkpoint; skip non-finite steps; refuse non-finite weights."""
+        self._stop_on_signal = StopOnSignal(self)
+        self._nonfinite_steps = guards.NonFiniteSteps(self.args.max_nonfinite_steps)
+        self._staging_run_dir: str | None = None
+        self._last_checkpoint: str | None = None
+        self.add_callback(self._stop_on_signal)
+        self.add_callback(guards.FiniteWeightsCheck(self))
+
+    def _own_teacher(self):
+        return None if self.teacher_model is None else self.accelerator.unwrap_model(self.teacher_model)
+
+    def _teacher_layout(self) -> dict:
+        return dict(rank=self.accelerator.process_index, sharded=gathers_parameters(self.accelerator))
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """TRL's `train`, resuming from the newest *good* checkpoint (with HSD's state) and stopping cleanly
+        on a signal: then `TrainingInterrupted` is raised after the checkpoint is saved."""
+        run_dir = Path(self.args.output_dir)
+        if self.accelerator.is_main_process:
+            checkpoints.remove_staging(run_dir)
+        resume = checkpoints.resolve_resume(resume_from_checkpoint, run_dir)
+        if resume is not None:
+            self._peer_draws = checkpoints.load_hsd_state(
+                resume, self._own_teacher(), **self._teacher_layout()
+            )
+        self._stop_on_signal.install()
+        try:
+            output = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        finally:
+            self._stop_on_signal.restore()
+        interrupted = self._stop_on_signal.interruption(self.state.global_step, self._last_checkpoint)
+        if interrupted is not None:
+            raise interrupted
+        return output
+
+    def _get_train_sampler(self, dataset=None):
+        return checkpoints.EpochSeededSampler(super()._get_train_sampler(dataset))
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_run_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """TRL's checkpoint written into a staging folder, plus HSD's state; renamed into place when complete."""
+        run_dir, step = super()._get_output_dir(trial), self.state.global_step
+        main = self.args.should_save
+        with checkpoints.staged_checkpoint(
+            run_dir, step, main, self.accelerator.wait_for_everyone
+        ) as staging:
+            self._staging_run_dir = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_run_dir = None
+            checkpoints.save_hsd_state(
+                staging / f"checkpoint-{step}",
+                self._peer_draws,
+                self._own_teacher(),
+                **self._teacher_layout(),
+            )
+        self._last_checkpoint = str(Path(run_dir) / f"checkpoint-{step}")
+        best = self.state.best_model_checkpoint
+        if best and checkpoints.STAGING in best:
+            self.state.best_model_checkpoint = best.replace(f"{checkpoints.STAGING}/", "")
+        if main:
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's `save_model`, refusing weights that hold NaN or inf."""
+        name = guards.nonfinite_weights(self)
+        if name is not None:
+            intact = checkpoints.newest_good_checkpoint(Path(self.args.output_dir), warn=lambda _: None)
+            raise guards.NonFiniteWeightsError(
+                f"not saving {Path(output_dir or self.args.output_dir).name}: the weights hold NaN or inf "
+                f"(first: {name}); "
+                + (f"{intact.name} is intact" if intact else "no earlier checkpoint exists")
+            )
+        super().save_model(output_dir, _internal_call)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        guards.skip_nonfinite_step(self, model, grad_norm)
+        return grad_norm
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs["train/skipped_nonfinite_steps"] = self._nonfinite_steps.skipped
+        super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------- teacher
     def _copy_policy(self, field: str, prepare=install_hsd_forward):
@@ -200,6 +296,15 @@ class HSDTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         with self._timed("scoring"):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards_per_func, infinite_F = guards.uncompute_nonfinite_rewards(rewards_per_func)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["hsd/infinite_rewards"].append(int(infinite_F.sum()))
+        for name, count in zip(self.reward_func_names, infinite_F.tolist()):
+            if count:
+                logger.warning(
+                    "reward function %r returned +-inf for %d of %d completions: counted as not computed",
+                    name, count, len(rewards_per_func),
+                )  # fmt: skip
         self._hsd_batch = dict(
             inputs=inputs,
             prompts=prompts,
@@ -230,7 +335,7 @@ class HSDTrainer(GRPOTrainer):
         uncomputed = torch.isnan(rewards)
         self._metrics[mode]["hsd/uncomputed_reward_frac"].append(uncomputed.float().mean().item())
         if uncomputed.float().mean().item() > args.max_uncomputed_reward_fraction:
-            raise RuntimeError(
+            raise guards.RunStopped(
                 f"{int(uncomputed.sum())} of {rewards.numel()} rewards could not be computed in this batch "
                 f"(more than max_uncomputed_reward_fraction={args.max_uncomputed_reward_fraction}); stopping "
                 "rather than training on them. See the reward function's warnings above for the rows."
@@ -552,6 +657,7 @@ class HSDTrainer(GRPOTrainer):
         self._phase.clear()
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self._nonfinite_steps.add_loss(loss)
         total = time.perf_counter() - start
         phase = dict(self._phase)
         mode = "train"
