@@ -100,6 +100,8 @@ printf 'install\t%s\t%s\trc=%s\n' "$([ "$install_rc" -eq 0 ] && echo ok || echo 
     "$((SECONDS - start_install))" "$install_rc" >>"$steps"
 if [ -d "$repo/.cache/hsd/testbed" ]; then
     export HSD_CACHE_DIR="$repo/.cache/hsd"  # the built testbed model, carried with the tree
+elif [ "$dry" -eq 0 ]; then
+    echo "run.sh: no .cache/hsd/testbed carried: the quickstart step builds the testbed model first" | tee -a "$log"
 fi
 python3 "$repo/benchmarks/gpu/report.py" env "$out/env.json" 2>&1 | tee -a "$log"
 summarize
@@ -146,7 +148,7 @@ if wanted vs-trl; then
 fi
 
 # 3. The distillation head alone: hsd's engine, TRL's ChunkedDivergenceFunction, Liger's fused linear JSD
-wanted head && run_step head 45 python3 "$repo/benchmarks/gpu/head.py" --device "$device" "${head_shape[@]}" \
+wanted head && run_step head 60 python3 "$repo/benchmarks/gpu/head.py" --device "$device" "${head_shape[@]}" \
     --out "$out/head.json"
 
 # 4. The teacher-pass equivalence tests and the trainer's loss against naive logits, on the device in bf16
@@ -154,7 +156,7 @@ wanted correctness && run_step correctness 60 env "${test_env[@]}" python3 -m py
     "${tests[@]}" --junitxml="$work/correctness.xml"
 
 # 5. Top kernels of one HSD step and one GRPO step
-wanted profile && run_step profile 50 python3 "$repo/benchmarks/gpu/profile_step.py" --device "$device" \
+wanted profile && run_step profile 45 python3 "$repo/benchmarks/gpu/profile_step.py" --device "$device" \
     "${shape[@]}" --out "$out/profile.json"
 
 # 6. The quick-start recipe on the device (30 steps of the testbed model; carry .cache/hsd with it built)
@@ -163,7 +165,7 @@ if wanted quickstart; then
         quick+=(--model "$(python3 -m hsd testbed build --knob train_steps=2 --knob batch_size=2 \
             --log-every 0 --cache-dir "$work/testbed" 2>>"$log")")
     fi
-    run_step quickstart 50 python3 -m hsd train --config "$repo/configs/quickstart.yaml" "${quick[@]}" \
+    run_step quickstart 45 python3 -m hsd train --config "$repo/configs/quickstart.yaml" "${quick[@]}" \
         --report_to none --save_steps 1000 --output_dir "$work/quickstart"
     python3 "$repo/benchmarks/gpu/report.py" quickstart "$work/quickstart" "$out/quickstart.json" >>"$log" 2>&1
 fi
