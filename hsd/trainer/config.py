@@ -209,7 +209,10 @@ class HSDConfig(GRPOConfig):
         metadata={"help": "Run each distinct teacher prefix (prompt + context) once and share its KV cache."},
     )
     teacher_inference_mode: bool = field(
-        default=True, metadata={"help": "Run the teacher pass under torch.inference_mode (else no_grad)."}
+        default=True,
+        metadata={
+            "help": "Teacher pass under torch.inference_mode (else no_grad); no_grad under ZeRO-3 / FSDP."
+        },
     )
     analytic_distill_head: bool = field(
         default=True,

@@ -42,6 +42,21 @@ def teacher_stop_gradient(accelerator, inference_mode: bool):
     return torch.inference_mode if inference_mode and not gathers_parameters(accelerator) else torch.no_grad
 
 
+def check_engine_launched(accelerator, use_cpu: bool) -> None:
+    """Raise when `accelerate launch` was given an FSDP config but FSDP is not what runs: accelerate enables
+    FSDP only on GPUs (or other accelerators), and otherwise silently trains with DDP (use_cpu) or with each
+    process alone."""
+    import os
+
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if launched and accelerator.distributed_type != DistributedType.FSDP:
+        raise ValueError(
+            f"accelerate was launched with an FSDP config, but the run would train with "
+            f"{engine_name(accelerator)} (use_cpu={use_cpu}): accelerate runs FSDP only on GPUs or other "
+            "accelerators; launch with a DDP config for CPU processes"
+        )
+
+
 def check_copy_supported(accelerator, field: str, value: str) -> None:
     """Raise, naming the engine and the field, where a sharded copy of the policy cannot be built."""
     name = engine_name(accelerator)

@@ -36,6 +36,7 @@ from hsd.trainer.engines import (
     blend_into,
     broadcast_from_rank0,
     check_copy_supported,
+    check_engine_launched,
     copy_weights,
     gathers_parameters,
     new_copy,
@@ -151,6 +152,7 @@ class HSDTrainer(GRPOTrainer):
         if copy_reference:
             args.beta = 0.0
         super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        check_engine_launched(self.accelerator, args.use_cpu)
         if copy_reference:
             from trl.trainer.utils import add_fused_lm_head
 

@@ -1,11 +1,12 @@
-"""Let accelerate's FSDP path run on CPU processes over gloo (a testing utility, never used in training).
+"""Run the shipped accelerate configs on CPU processes over gloo (a testing utility, never used in training).
 
 accelerate only enables FSDP on an accelerator: on a CPU-only machine with `use_cpu` it silently runs plain
-DDP, and without it every process trains alone. `enable()` makes a `torchrun`/`accelerate launch` process
-look like one GPU rank whose device is the CPU, so that `fully_shard` really splits the parameters over
-the processes (gloo). Call it before the first `Accelerator` (or `TrainingArguments`) is built.
+DDP, and without it every process trains alone. `enable()` makes a process started by `accelerate launch`
+with an FSDP config look like one GPU rank whose device is the CPU, so that `fully_shard` really splits the
+parameters over the processes (gloo). DeepSpeed and DDP need no patch, only `use_cpu: true`.
 
-usage as a launcher: accelerate launch --config_file CPU_FSDP.yaml tests/trainer/cpu_fsdp.py -m hsd.cli train ...
+    python tests/trainer/cpu_fsdp.py --cpu-config configs/accelerate/fsdp2.yaml /tmp/fsdp2-cpu.yaml
+    accelerate launch --config_file /tmp/fsdp2-cpu.yaml tests/trainer/cpu_fsdp.py -m hsd.cli train ...
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+from pathlib import Path
 
 
 def fsdp_launch() -> bool:
@@ -20,9 +22,22 @@ def fsdp_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def cpu_config(shipped: Path, out: Path, *, processes: int = 2, port: int = 29600, **deepspeed) -> Path:
+    """A shipped accelerate config with only the device settings changed: `processes` CPU processes, fp32,
+    `use_cpu` except for FSDP (which runs through `enable()`); `deepspeed` updates its deepspeed_config."""
+    import yaml
+
+    config = yaml.safe_load(Path(shipped).read_text())
+    config.update(num_processes=processes, mixed_precision="no", main_process_port=port)
+    config["use_cpu"] = config["distributed_type"] != "FSDP"
+    config.get("deepspeed_config", {}).update(deepspeed)
+    Path(out).write_text(yaml.safe_dump(config))
+    return Path(out)
+
+
 def enable() -> None:
-    """Under an FSDP launch (ACCELERATE_USE_FSDP), a rank without CUDA joins a gloo group as a "GPU" whose
-    device is the CPU; anything else is left alone."""
+    """Under an FSDP launch, a rank without CUDA joins a gloo group as a "GPU" whose device is the CPU; any
+    other process is left alone. Call it before the first `Accelerator` (or `TrainingArguments`)."""
     if not fsdp_launch():
         return
     import torch
@@ -44,8 +59,11 @@ def enable() -> None:
     PartialState.set_device = set_device
 
 
-if __name__ == "__main__":  # run a module (-m name) or a script with the patch in place
-    enable()
+if __name__ == "__main__":
+    if sys.argv[1] == "--cpu-config":  # --cpu-config SHIPPED OUT
+        print(cpu_config(Path(sys.argv[2]), Path(sys.argv[3])))
+        sys.exit(0)
+    enable()  # then run a module (-m name ...) or a script (path ...) with the patch in place
     if sys.argv[1] == "-m":
         sys.argv = sys.argv[2:]
         runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)

@@ -31,6 +31,7 @@ RUNS = {
     "frozen": dict(method="hsd", teacher_weights="frozen"),
     "ema": dict(method="hsd", teacher_weights="ema", teacher_ema_decay=0.5),
     "paper": {},
+    "use_cpu": dict(method="hsd", use_cpu=True),  # under an FSDP launch: refused (FSDP would not run)
 }
 
 
@@ -89,7 +90,7 @@ def run(name: str, model_dir: str, out_dir: Path, per_device: int) -> dict:
         args = paper_args(model_dir, out_dir / name, use_cpu, **sizes)
     else:
         args = HSDConfig(
-            output_dir=str(out_dir / name), **{**TRAINER_ARGS, **RUNS[name], **sizes, "use_cpu": use_cpu}
+            output_dir=str(out_dir / name), **{**TRAINER_ARGS, "use_cpu": use_cpu, **RUNS[name], **sizes}
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = HSDTrainer(

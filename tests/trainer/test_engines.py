@@ -16,26 +16,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from cpu_fsdp import cpu_config
 
 HERE = Path(__file__).parent
 CONFIGS = HERE.parents[1] / "configs" / "accelerate"
 RUN = HERE / "engine_run.py"
 ALL_RUNS = ["grpo", "live", "frozen", "ema", "paper"]
 
-# engine -> (shipped config, device settings for 2 CPU processes, its other changes, runs, engine name)
+# engine -> (shipped config, its deepspeed_config changes, runs, engine name)
 ENGINES = {
-    "fsdp2": ("fsdp2.yaml", {}, {}, ALL_RUNS, "FSDP2"),
-    "zero3": (
-        "deepspeed_zero3.yaml",
-        {"use_cpu": True},
-        {},
-        ["live", "frozen", "ema", "paper"],
-        "DeepSpeed ZeRO-3",
-    ),
+    "fsdp2": ("fsdp2.yaml", {}, ALL_RUNS, "FSDP2"),
+    "zero3": ("deepspeed_zero3.yaml", {}, ["live", "frozen", "ema", "paper"], "DeepSpeed ZeRO-3"),
     "zero2": (
         "deepspeed_zero3.yaml",
-        {"use_cpu": True},
         {"zero_stage": 2, "zero3_init_flag": False},
         ["live"],
         "DeepSpeed ZeRO-2",
@@ -43,16 +36,7 @@ ENGINES = {
 }
 
 
-def cpu_config(shipped: str, device: dict, deepspeed: dict, port: int, out: Path) -> Path:
-    """The shipped accelerate config with 2 CPU processes, fp32, and `device` / `deepspeed` changes."""
-    config = yaml.safe_load((CONFIGS / shipped).read_text())
-    config.update(num_processes=2, mixed_precision="no", main_process_port=port, **device)
-    config.get("deepspeed_config", {}).update(deepspeed)
-    out.write_text(yaml.safe_dump(config))
-    return out
-
-
-def launch(model_dir, out: Path, per_device: int, runs: list[str], config: Path | None) -> dict:
+def launch(model_dir, out: Path, per_device: int, runs: list[str], config: Path | None, ok: bool = True):
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
     layout = (
         ["--config_file", str(config)]
@@ -63,6 +47,8 @@ def launch(model_dir, out: Path, per_device: int, runs: list[str], config: Path 
     result = subprocess.run(
         [*cmd, str(per_device), *runs], env=env, capture_output=True, text=True, timeout=900
     )
+    if not ok:
+        return result
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -83,9 +69,9 @@ def test_one_process_reference_is_sensitive(one_process):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_two_sharded_processes_match_one_process(engine, one_process, tiny_model_dir, tmp_path):
-    shipped, device, deepspeed, runs, name = ENGINES[engine]
+    shipped, deepspeed, runs, name = ENGINES[engine]
     port = 29620 + list(ENGINES).index(engine)
-    config = cpu_config(shipped, device, deepspeed, port, tmp_path / f"{engine}.yaml")
+    config = cpu_config(CONFIGS / shipped, tmp_path / f"{engine}.yaml", port=port, **deepspeed)
     two = launch(tiny_model_dir, tmp_path / "two.json", 8, runs, config)
     for run in runs:
         got, want = two[run], one_process[run]
@@ -103,3 +89,12 @@ def test_two_sharded_processes_match_one_process(engine, one_process, tiny_model
         # GRPO's loss on scripted on-policy rollouts is ~1e-8 (advantages cancel): compare it absolutely.
         tolerance = dict(abs=1e-6) if run == "grpo" else dict(rel=1e-3)
         assert got["loss"] == pytest.approx(want["loss"], **tolerance), run
+
+
+def test_fsdp_config_that_would_not_run_fsdp_fails_at_start(tiny_model_dir, tmp_path):
+    """use_cpu=True under an FSDP launch: accelerate would silently train with DDP; hsd refuses, naming both."""
+    config = cpu_config(CONFIGS / "fsdp2.yaml", tmp_path / "fsdp2.yaml", port=29632)
+    result = launch(tiny_model_dir, tmp_path / "out.json", 8, ["use_cpu"], config, ok=False)
+    assert result.returncode != 0
+    message = "launched with an FSDP config, but the run would train with DDP (use_cpu=True)"
+    assert message in result.stderr, result.stderr[-3000:]
