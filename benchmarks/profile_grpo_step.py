@@ -16,7 +16,7 @@ import tempfile
 
 from transformers import TrainerCallback
 
-from hsd import bench
+from hsd.bench import fixtures, step, vs_trl
 
 # phase -> (file fragment, function name) whose inclusive time is the phase's
 PHASES = {
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
 
-    setup = bench.BenchSetup(
+    setup = step.BenchSetup(
         model_config=args.model_config,
         batch=args.batch,
         group_size=args.group_size,
@@ -85,15 +85,17 @@ def main() -> None:
         repeats=args.steps,
         warmup=1,
     )
-    tokenizer = bench.build_tokenizer(bench.model_config(setup.model_config).vocab_size)
-    batch = bench.fixed_batch(tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed)
+    tokenizer = fixtures.build_tokenizer(fixtures.model_config(setup.model_config).vocab_size)
+    batch = fixtures.fixed_batch(
+        tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed
+    )
     with tempfile.TemporaryDirectory() as out:
         if args.trainer == "trl-grpo":
-            trainer = bench.build_trl_grpo_trainer(setup, tokenizer, batch, out)
+            trainer = vs_trl.build_trl_grpo_trainer(setup, tokenizer, batch, out)
         elif args.trainer == "sdpo":
-            trainer = bench.build_sdpo_trainer(setup, tokenizer, batch, out)
+            trainer = vs_trl.build_sdpo_trainer(setup, tokenizer, batch, out)
         else:
-            trainer = bench.build_hsd_trainer(setup, "hsd", tokenizer, batch, out)
+            trainer = step.build_hsd_trainer(setup, "hsd", tokenizer, batch, out)
         profiler = Profiler()
         trainer.add_callback(profiler)
         trainer.train()

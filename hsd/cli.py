@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hsd.eval", "pass@1 (avg@k), pass@k and greedy accuracy on math and code benchmarks"),
     "analyze": ("hsd.analysis.cli", "where the teacher's credit lands: tables, plots, report.html"),
     "compare": ("hsd.compare", "several methods x seeds on one config: comparison.md and curves"),
-    "bench": ("hsd.bench", "time GRPO, OPSD and HSD phase by phase on one fixed batch"),
+    "bench": ("hsd.bench.cli", "time GRPO, OPSD and HSD phase by phase on one fixed batch"),
     "testbed": ("hsd.testbed.cli", "build the small pretrained testbed model"),
     "core-demo": ("hsd.core.demo", "a few training-free HSD core computations (no model needed)"),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import string
 from pathlib import Path
 
 import pytest
@@ -13,31 +12,12 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}<u>{{ m['content'] }}{% elif m['role'] == 'system' %}"
-    "<s>{{ m['content'] }}{% else %}<a>{{ m['content'] }}</e>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<a>{% endif %}"
-)
-
 
 def build_char_tokenizer():
-    """A PreTrainedTokenizerFast over printable ASCII, one token per character, with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The character-level tokenizer with a chat template that `hsd bench` uses, one token per character."""
+    from hsd.bench.fixtures import build_tokenizer
 
-    specials = ["<pad>", "</e>", "<u>", "<a>", "<s>"]
-    chars = [c for c in string.printable if c not in "\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    from tokenizers import decoders
-
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</e>", additional_special_tokens=specials[2:]
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return build_tokenizer()
 
 
 def build_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from hsd.bench import MemoryMeter, synchronize
+from hsd.bench.meter import MemoryMeter, synchronize
 from hsd.trainer.forward import teacher_student_kl
 
 DEFAULT_GRAD_CACHE_BYTES = 1024 * 2**20  # HSDConfig.distill_grad_cache_mb's default

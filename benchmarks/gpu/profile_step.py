@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import TrainerCallback
 
-from hsd import bench
+from hsd.bench import fixtures, meter, step
 
 
 class ProfileLastStep(TrainerCallback):
@@ -34,12 +34,12 @@ class ProfileLastStep(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.seen += 1
         if self.seen == self.steps:
-            bench.synchronize(self.device)
+            meter.synchronize(self.device)
             self.profiler.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.seen == self.steps:
-            bench.synchronize(self.device)
+            meter.synchronize(self.device)
             self.profiler.__exit__(None, None, None)
 
 
@@ -64,11 +64,13 @@ def top_kernels(profiler, device: str, top: int) -> dict:
     }
 
 
-def profile_method(setup: bench.BenchSetup, method: str, top: int) -> dict:
-    tokenizer = bench.build_tokenizer(bench.model_config(setup.model_config).vocab_size)
-    batch = bench.fixed_batch(tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed)
+def profile_method(setup: step.BenchSetup, method: str, top: int) -> dict:
+    tokenizer = fixtures.build_tokenizer(fixtures.model_config(setup.model_config).vocab_size)
+    batch = fixtures.fixed_batch(
+        tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed
+    )
     with tempfile.TemporaryDirectory() as out:
-        trainer = bench.build_hsd_trainer(setup, method, tokenizer, batch, out)
+        trainer = step.build_hsd_trainer(setup, method, tokenizer, batch, out)
         callback = ProfileLastStep(setup.warmup + setup.repeats, setup.device)
         trainer.add_callback(callback)
         trainer.train()
@@ -93,7 +95,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", help="write the JSON report here (it is printed either way)")
     args = parser.parse_args()
-    setup = bench.BenchSetup(
+    setup = step.BenchSetup(
         model_config=args.model_config,
         random_init=args.random_init,
         batch=args.batch,

@@ -11,49 +11,49 @@ import threading
 
 import pytest
 
-from hsd import bench
+from hsd.bench import cli, fixtures, meter, step, vs_trl
 
 
 def test_tokenizer_round_trips_random_ids_one_token_per_character():
-    tokenizer = bench.build_tokenizer(3000)
+    tokenizer = fixtures.build_tokenizer(3000)
     assert len(tokenizer) == 3000
-    batch = bench.fixed_batch(tokenizer, 3, 4, 20, seed=1)
+    batch = fixtures.fixed_batch(tokenizer, 3, 4, 20, seed=1)
     for ids in batch.completions:
         text = tokenizer.decode(ids, skip_special_tokens=True)
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids[:-1]  # the eos is special
 
 
 def test_fixed_batch_has_groups_with_and_without_success():
-    tokenizer = bench.build_tokenizer(1000)
-    batch = bench.fixed_batch(tokenizer, 5, 8, 16, seed=0)
+    tokenizer = fixtures.build_tokenizer(1000)
+    batch = fixtures.fixed_batch(tokenizer, 5, 8, 16, seed=0)
     assert len(batch.completions) == 40 and {len(c) for c in batch.completions} == {16}
     counts = batch.success_counts
     assert 0 in counts and any(c > 0 for c in counts)
-    assert batch == bench.fixed_batch(tokenizer, 5, 8, 16, seed=0)  # the same batch for every method
+    assert batch == fixtures.fixed_batch(tokenizer, 5, 8, 16, seed=0)  # the same batch for every method
 
 
 def test_scripted_rollouts_give_each_question_its_group_in_any_order():
-    tokenizer = bench.build_tokenizer(1000)
-    batch = bench.fixed_batch(tokenizer, 2, 3, 6, seed=0)
-    rollout = bench.scripted_rollouts(batch, tokenizer)
+    tokenizer = fixtures.build_tokenizer(1000)
+    batch = fixtures.fixed_batch(tokenizer, 2, 3, 6, seed=0)
+    rollout = fixtures.scripted_rollouts(batch, tokenizer)
     prompts = [batch.rows[1]["prompt"]] * 3 + [batch.rows[0]["prompt"]] * 3
     out = rollout(prompts, trainer=None)
     assert out["completion_ids"] == batch.completions[3:6] + batch.completions[0:3]
-    reward = bench.table_reward(batch)
+    reward = fixtures.table_reward(batch)
     assert reward(None, None, out["completion_ids"]) == batch.rewards[3:6] + batch.rewards[0:3]
 
 
 def test_turn_table_runs_one_step_at_a_time_in_rotating_rounds():
     names, steps = ["a", "b", "c"], 3
-    table = bench.TurnTable(names, steps)
+    table = meter.TurnTable(names, steps)
     order, active = [], []
 
     def train(name):
-        for step in range(steps):
-            table.begin_step(name, step)
+        for k in range(steps):
+            table.begin_step(name, k)
             active.append(name)
             assert len(active) == 1  # nobody else is inside a step
-            order.append((step, name))
+            order.append((k, name))
             active.remove(name)
         table.finish(name)
 
@@ -67,7 +67,7 @@ def test_turn_table_runs_one_step_at_a_time_in_rotating_rounds():
 
 
 def test_turn_table_stops_waiting_trainers_when_one_fails():
-    table = bench.TurnTable(["a", "b"], 2)
+    table = meter.TurnTable(["a", "b"], 2)
     failed = []
 
     def b():
@@ -85,29 +85,29 @@ def test_turn_table_stops_waiting_trainers_when_one_fails():
 
 def _args(**overrides):
     parser = argparse.ArgumentParser()
-    bench.configure_parser(parser)
+    cli.configure_parser(parser)
     return parser.parse_args(["step", *overrides.pop("argv", [])])
 
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="--model-config"):
-        bench.main(_args(argv=["--model-config", "no-such-shape"]))
+        cli.main(_args(argv=["--model-config", "no-such-shape"]))
     with pytest.raises(ValueError, match="no_such_field"):
-        bench.main(_args(argv=["--set", "no_such_field=1"]))
+        cli.main(_args(argv=["--set", "no_such_field=1"]))
     with pytest.raises(ValueError, match="--completion-len"):
-        bench.main(_args(argv=["--completion-len", "0"]))
+        cli.main(_args(argv=["--completion-len", "0"]))
     with pytest.raises(ValueError, match="--methods"):
-        bench.main(_args(argv=["--methods", "ppo"]))
+        cli.main(_args(argv=["--methods", "ppo"]))
 
 
 def test_plain_switches_every_teacher_pass_optimisation_off():
-    overrides = bench.parse_overrides(["teacher_prefix_cache=true"], plain=True)
+    overrides = cli.parse_overrides(["teacher_prefix_cache=true"], plain=True)
     assert overrides["teacher_prefix_cache"] is True  # an explicit --set wins
     assert overrides["skip_undistilled_teacher"] is False and overrides["analytic_distill_head"] is False
 
 
 def test_set_values_are_read_as_hsd_train_reads_them():
-    overrides = bench.parse_overrides(["learning_rate=1e-3", "beta=0", "divergence=jsd"], plain=False)
+    overrides = cli.parse_overrides(["learning_rate=1e-3", "beta=0", "divergence=jsd"], plain=False)
     assert overrides == {"learning_rate": 0.001, "beta": 0, "divergence": "jsd"}  # 1e-3 a number, not a str
 
 
@@ -147,8 +147,8 @@ def test_bench_step_on_the_tiny_config_writes_phases_and_ratios(tmp_path):
 
 @pytest.mark.slow
 def test_bench_vs_trl_times_hsd_sdpo_and_grpo_in_one_run():
-    setup = bench.BenchSetup(batch=2, group_size=4, completion_len=8, repeats=1, warmup=0)
-    report = bench.run_vs_trl(setup)
+    setup = step.BenchSetup(batch=2, group_size=4, completion_len=8, repeats=1, warmup=0)
+    report = vs_trl.run_vs_trl(setup)
     assert set(report["methods"]) == {"hsd", "sdpo", "grpo"}
     for metric in ("update_time", "step_time", "peak_memory"):
         for key in ("hsd_over_sdpo", "sdpo_over_grpo", "hsd_over_grpo"):

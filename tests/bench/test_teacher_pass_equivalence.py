@@ -15,7 +15,13 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hsd import HSDConfig, HSDTrainer
-from hsd.bench import OPTIMISATIONS_OFF, build_tokenizer, fixed_batch, scripted_rollouts, table_reward
+from hsd.bench.fixtures import (
+    OPTIMISATIONS_OFF,
+    build_tokenizer,
+    fixed_batch,
+    scripted_rollouts,
+    table_reward,
+)
 from hsd.core.losses import aggregate, token_divergence
 from hsd.teacher.prefix import distinct_prefixes
 from hsd.trainer.forward import fused_distillation, teacher_student_kl

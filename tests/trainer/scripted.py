@@ -54,24 +54,13 @@ def scripted_completion(question: str, k: int) -> str:
 
 def make_rollout_func(tokenizer):
     """TRL rollout_func: deterministic completions (exact token ids + eos), independent of the process layout."""
+    from hsd.bench.fixtures import scripted_rollout_func
 
-    def rollout(prompts, trainer):
-        prompt_ids, completion_ids = [], []
-        seen: dict[str, int] = {}
-        for prompt in prompts:
-            question = prompt[-1]["content"]
-            k = seen.get(question, 0)
-            seen[question] = k + 1
-            prompt_ids.append(
-                tokenizer.apply_chat_template(
-                    [prompt], add_generation_prompt=True, tokenize=True, return_dict=True
-                )["input_ids"][0]
-            )
-            ids = tokenizer(scripted_completion(question, k), add_special_tokens=False)["input_ids"]
-            completion_ids.append(list(ids) + [tokenizer.eos_token_id])
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+    def completion(question: str, k: int) -> list[int]:
+        ids = tokenizer(scripted_completion(question, k), add_special_tokens=False)["input_ids"]
+        return list(ids) + [tokenizer.eos_token_id]
 
-    return rollout
+    return scripted_rollout_func(tokenizer, completion)
 
 
 def scripted_trainer(

@@ -1,0 +1,136 @@
+"""`hsd bench`: GRPO, OPSD and HSD timed phase by phase on one fixed batch, and HSD against TRL's SDPO.
+
+Everything runs in one process through the real trainers (`HSDTrainer.train`, `SDPOTrainer.train`) with
+scripted rollouts, so the numbers in docs/performance.md are what a training run pays per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hsd.bench.fixtures import MODEL_CONFIGS, OPTIMISATIONS_OFF
+from hsd.bench.step import STEP_METHODS, BenchSetup, run_step
+from hsd.bench.vs_trl import run_vs_trl
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-config",
+        default="tiny",
+        help=f"{', '.join(MODEL_CONFIGS)} (random init) or a model directory (default: tiny)",
+    )
+    parser.add_argument("--random-init", action="store_true", help="random weights for a model directory too")
+    parser.add_argument("--batch", type=int, default=4, help="questions per step (default: 4)")
+    parser.add_argument("--group-size", type=int, default=8, help="rollouts per question, G (default: 8)")
+    parser.add_argument("--completion-len", type=int, default=64, help="tokens per completion (default: 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per method (default: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, fp32 on cpu), float32, bfloat16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action="store_false",
+        help="turn off TRL's default activation checkpointing",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="an HSDConfig field for every method, e.g. --set teacher_prefix_cache=false (repeatable)",
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="switch every teacher-pass optimisation off (the plain path)"
+    )
+    parser.add_argument("--out", help="write the JSON report here (it is printed either way)")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="{step,vs-trl}", required=True)
+    step = sub.add_parser("step", help="GRPO, OPSD and HSD phase by phase on one fixed batch")
+    _add_common(step)
+    step.add_argument(
+        "--methods",
+        default=",".join(STEP_METHODS),
+        help="comma-separated (default: grpo,opsd,hsd); a name ending in :plain runs with every optimisation off",
+    )
+    versus = sub.add_parser("vs-trl", help="an HSD step of HSDTrainer against a step of TRL's SDPOTrainer")
+    _add_common(versus)
+
+
+def parse_overrides(items: list[str], plain: bool) -> dict:
+    """`FIELD=VALUE` strings into HSDConfig keyword arguments (values read as `hsd train` reads them)."""
+    from hsd.trainer.cli import yaml_scalar
+    from hsd.trainer.config import HSDConfig
+
+    known = set(HSDConfig.__dataclass_fields__)
+    out = dict(OPTIMISATIONS_OFF) if plain else {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        name, value = item.split("=", 1)
+        if name not in known:
+            raise ValueError(f"--set {item!r}: HSDConfig has no field {name!r}")
+        out[name] = yaml_scalar(value)
+    return out
+
+
+def setup_from_args(args) -> BenchSetup:
+    return BenchSetup(
+        model_config=args.model_config,
+        random_init=args.random_init,
+        batch=args.batch,
+        group_size=args.group_size,
+        completion_len=args.completion_len,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+        overrides=parse_overrides(args.set, args.plain),
+    )
+
+
+def format_table(report: dict) -> str:
+    """Phase medians in seconds, peak memory in MiB, one row per method, then the ratios."""
+    phases = ("prepare", "teacher", "student_forward_backward", "optimizer", "update", "step")
+    lines = [f"{'method':<8}" + "".join(f"{p[:14]:>16}" for p in phases) + f"{'peak MiB':>12}"]
+    for method, result in report["methods"].items():
+        median = result["median_s"]
+        cells = "".join(f"{median[p]:>16.4f}" if median.get(p) is not None else f"{'-':>16}" for p in phases)
+        lines.append(f"{method:<8}{cells}{result['peak_memory_bytes'] / 2**20:>12.1f}")
+    for metric, values in report.get("ratios", {}).items():
+        lines.append(f"{metric}: " + ", ".join(f"{k} = {v}" for k, v in values.items()))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    setup = setup_from_args(args)
+    if args.bench == "step":
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        known = {*STEP_METHODS, *(f"{m}:plain" for m in STEP_METHODS)}
+        unknown = [m for m in methods if m not in known]
+        if unknown or not methods or len(set(methods)) != len(methods):
+            raise ValueError(
+                f"--methods {args.methods!r}: each once, among {', '.join(STEP_METHODS)} (add :plain for a method "
+                "with every optimisation off)"
+            )
+        report = run_step(setup, methods)
+    else:
+        report = run_vs_trl(setup)
+    report["argv"] = ["hsd", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else sys.argv
+    print(format_table(report))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
