@@ -351,6 +351,10 @@ class HSDTrainer(GRPOTrainer):
         self._metrics[mode]["hsd/success_rate"].append(
             (scored >= args.success_threshold).float().mean().item()
         )
+        # Eq. 12's f(p, G) measured: the share of rollouts that fail yet have a successful peer
+        self._metrics[mode]["hsd/coverage"].append(
+            outcomes["failures_with_peer"] / max(outcomes["rollouts"], 1)
+        )
         if not args.needs_teacher:
             return output
 
@@ -428,7 +432,7 @@ class HSDTrainer(GRPOTrainer):
         n = len(contexts)
         with_peer = sum(c is not None and c.peer is not None for c in contexts)
         fallback = sum(c is not None and c.fallback for c in contexts)
-        self._metrics[mode]["hsd/coverage"].append(with_peer / n)
+        self._metrics[mode]["hsd/peer_frac"].append(with_peer / n)  # distilled with a peer, successes too
         self._metrics[mode]["hsd/fallback_frac"].append(fallback / n)
         self._metrics[mode]["hsd/distilled_frac"].append(sum(c is not None for c in contexts) / n)
         all_taus = [t for t in gather_object(taus) if t >= 0]

@@ -131,6 +131,7 @@ def test_train_runs_and_logs_hsd_metrics(tiny_model_dir, tmp_path):
     assert len(logs) == 2
     for key in (
         "hsd/coverage",
+        "hsd/peer_frac",
         "hsd/fallback_frac",
         "hsd/groups_no_success_frac",
         "hsd/groups_all_success_frac",
@@ -145,7 +146,9 @@ def test_train_runs_and_logs_hsd_metrics(tiny_model_dir, tmp_path):
         "time/update",
     ):
         assert key in logs[0], key
-    assert 0 < logs[0]["hsd/coverage"] < 1
+    # 0+0: no success; 1+0 and 2+0: two successes, two failures; 3+0: all succeed (scripted)
+    assert logs[0]["hsd/coverage"] == pytest.approx(4 / 16)  # failures with a successful peer (Eq. 12)
+    assert logs[0]["hsd/peer_frac"] == pytest.approx(12 / 16)  # teachers that see a peer, successes too
 
 
 @pytest.mark.parametrize("method", ["opsd", "grpo_opsd", "rlsd", "dapo", "dr_grpo", "gspo"])
