@@ -1,7 +1,8 @@
 """The `hsd` command: parsing and dispatch only.
 
 Each subcommand lives in its own module, which exposes `configure_parser(parser)` and `main(args) -> int`.
-Modules are imported only when their subcommand runs, so `hsd --help` is fast.
+Modules are imported only when their subcommand runs, so `hsd --help` is fast. A `UserError` from any of
+them is printed as one line with exit status 2; `--debug` (anywhere on the line) shows its traceback too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from hsd.errors import UserError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsd", description="Hindsight Self-Distillation for LLM reasoners")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -33,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         build_parser().print_help()
         return 0
@@ -41,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print(f"hsd: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    try:
+        return run(name, rest)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"hsd {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(name: str, rest: list[str]) -> int:
+    """Parse the subcommand's arguments and run it."""
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1])
     module.configure_parser(parser)

@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 quiet=(-q --disable-pip-version-check)
+# Installs into whatever environment "$PY" belongs to: the active venv (or conda env), else the interpreter itself.
+where=$("$PY" -c 'import sys; print(sys.prefix)')
+if "$PY" -c 'import sys; raise SystemExit(sys.prefix == sys.base_prefix)'; then
+  echo "setup: installing into the virtual environment $where"
+else
+  echo "setup: no virtual environment is active; installing into $where (the README's quick start makes .venv first)" >&2
+fi
 # torch first and pinned: 2.13.0 (CPU) is what the package is tested with; any looser spec here pulls GBs of CUDA wheels.
 "$PY" -m pip install "${quiet[@]}" "torch==2.13.0"
 if [[ "${1:-}" == "--dev" ]]; then

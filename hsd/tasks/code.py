@@ -13,10 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -271,14 +270,38 @@ def _job_part(part: dict) -> bytes:
     return sandbox_runner.JOB_HEADER.pack(len(data)) + data
 
 
+SITE_DIRS = ("site-packages", "dist-packages")
+
+
+def sandbox_import_path(sys_path: Sequence[str], base_prefixes: Sequence[str]) -> list[str]:
+    """The import path the sandbox gets, taken from the running interpreter's own `sys.path`.
+
+        path = [p in sys_path : p lies under a base prefix]  (stdlib, its zip, lib-dynload)
+             + [p in sys_path : p ends in site-packages or dist-packages, not already taken]
+
+    base_prefixes: `sys.base_prefix` and `sys.base_exec_prefix`, where the interpreter itself lives. In a
+    venv `sys.prefix` is the venv, which holds no standard library (so `sysconfig`'s `platstdlib` is the
+    wrong place to look); a `--system-site-packages` venv, a conda prefix, a Debian `/usr` or a pyenv build
+    all list their standard library under the base prefix and their packages in a site directory.
+    The working directory ('') and PYTHONPATH entries outside those places are left out.
+    """
+    roots = [os.path.normpath(b) for b in base_prefixes if b]
+
+    def under_base(path: str) -> bool:
+        path = os.path.normpath(path)
+        return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+    stdlib = [p for p in sys_path if p and under_base(p) and os.path.basename(p) not in SITE_DIRS]
+    site = [p for p in sys_path if p and os.path.basename(os.path.normpath(p)) in SITE_DIRS]
+    ordered = stdlib + site
+    return [p for i, p in enumerate(ordered) if p not in ordered[:i]]
+
+
 @lru_cache(maxsize=1)
 def _interpreter_paths() -> list[str]:
-    """The standard library and site-packages of this interpreter (the sandbox skips `site` to start fast)."""
-    paths = sysconfig.get_paths()
-    found = [paths["stdlib"], paths["platstdlib"], os.path.join(paths["platstdlib"], "lib-dynload")]
-    found += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
-    found += [paths["purelib"], paths["platlib"]]
-    return [p for i, p in enumerate(found) if os.path.isdir(p) and p not in found[:i]]
+    """`sandbox_import_path` of this interpreter, existing directories only (the sandbox skips `site`)."""
+    paths = sandbox_import_path(sys.path, [sys.base_prefix, sys.base_exec_prefix])
+    return [p for p in paths if os.path.isdir(p)]
 
 
 def _run_job(job: dict) -> dict:

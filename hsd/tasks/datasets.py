@@ -8,10 +8,12 @@ import csv
 import json
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from hsd.errors import MissingInputError, UserError
 from hsd.tasks.math import gsm8k_gold, gsm8k_reference, last_boxed
 from hsd.tasks.problem import KINDS, Problem
 
@@ -53,7 +55,7 @@ def _typed(value: str) -> Any:
 def _query(spec: str, prefix: str) -> tuple[str, dict[str, Any]]:
     name, _, query = spec[len(prefix) :].partition("?")
     if not name:
-        raise ValueError(f"spec {spec!r}: missing a name after {prefix!r}")
+        raise UserError(f"spec {spec!r}: missing a name after {prefix!r}")
     return name, {key: _typed(value) for key, value in parse_qsl(query, keep_blank_values=True)}
 
 
@@ -80,9 +82,9 @@ def load_problems(
     inferred per row (code when it has an entry_point and tests). seed: default seed for rg: specs.
     """
     if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        raise UserError(f"limit must be a non-negative integer, got {limit!r}")
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise UserError(f"kind must be one of {KINDS}, got {kind!r}")
     spec = str(spec)
     if spec.startswith("rg:"):
         from hsd.tasks.gym import load_gym_problems
@@ -96,7 +98,7 @@ def load_problems(
     if spec.startswith("testbed:"):
         name, options = _query(spec, "testbed:")
         if name != "chain":
-            raise ValueError(f"spec {spec!r}: the testbed task is 'chain', got {name!r}")
+            raise UserError(f"spec {spec!r}: the testbed task is 'chain', got {name!r}")
         from hsd.tasks.chain import load_chain_problems
 
         options.setdefault("seed", seed)
@@ -115,7 +117,7 @@ def load_problems(
             relative, prefix = SHORT_NAMES[spec]
             path = data_dir() / relative
             if not path.is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"{spec!r} resolves to {path}, which does not exist; set HSD_DATA_DIR (now "
                     f"{os.environ.get('HSD_DATA_DIR') or 'unset'}) or run from a directory with ../shared/data"
                 )
@@ -140,7 +142,7 @@ def _file_rows(path: Path, split: str | None) -> Iterator[Row]:
     if path.is_dir():
         return _disk_rows(path, split)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file or directory: {path}")
+        raise MissingInputError(f"no such file or directory: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _jsonl_rows(path)
@@ -152,7 +154,7 @@ def _file_rows(path: Path, split: str | None) -> Iterator[Row]:
         import pyarrow.parquet as pq
 
         return enumerate(pq.read_table(path).to_pylist(), start=1)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_FILE_SUFFIXES)}")
+    raise UserError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_FILE_SUFFIXES)}")
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
@@ -180,11 +182,11 @@ def _json_rows(path: Path) -> Iterator[Row]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: invalid JSON: {exc}") from exc
+        raise UserError(f"{path}: invalid JSON: {exc}") from exc
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     for number, row in enumerate(data, start=1):
         yield number, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
 
@@ -204,7 +206,7 @@ def _disk_rows(path: Path, split: str | None) -> Iterator[Row]:
         if split is None and len(loaded) == 1:
             split = next(iter(loaded))
         if split not in loaded:
-            raise ValueError(f"{path}: choose a split with split=... from {sorted(loaded)}")
+            raise UserError(f"{path}: choose a split with split=... from {sorted(loaded)}")
         loaded = loaded[split]
     return enumerate(loaded.to_list(), start=1)
 
@@ -214,7 +216,7 @@ def _hub_rows(spec: str, split: str | None) -> Iterator[Row]:
 
     parts = spec[3:].split(":")
     if not parts[0] or len(parts) > 3:
-        raise ValueError(f"spec {spec!r}: expected hf:NAME[:CONFIG][:SPLIT]")
+        raise UserError(f"spec {spec!r}: expected hf:NAME[:CONFIG][:SPLIT]")
     name, config = parts[0], (parts[1] or None) if len(parts) > 1 else None
     split = (parts[2] if len(parts) > 2 else None) or split or "train"
     return enumerate(datasets.load_dataset(name, config, split=split).to_list(), start=1)
@@ -225,11 +227,11 @@ def rows_to_problems(
     rows, source: str, *, prefix: str, limit: int | None = None, instruction: str | None = None,
     field_map: Mapping[str, str] | None = None, kind: str | None = None,
 ) -> list[Problem]:  # fmt: skip
-    """Map rows to Problems; raise one ValueError listing every bad row (source, row, field, what is wrong)."""
+    """Map rows to Problems; raise one UserError listing every bad row (source, row, field, what is wrong)."""
     field_map = dict(field_map or {})
     unknown = set(field_map) - {"prompt", "answer", "reference", "id"}
     if unknown:
-        raise ValueError(f"field_map keys must be prompt/answer/reference/id, got {sorted(unknown)}")
+        raise UserError(f"field_map keys must be prompt/answer/reference/id, got {sorted(unknown)}")
     problems, errors = [], []
     for index, (number, row) in enumerate(rows):
         if limit is not None and len(problems) + len(errors) >= limit:
@@ -239,13 +241,15 @@ def rows_to_problems(
             errors.append(f"{where}: {row}")
             continue
         try:
-            problems.append(_problem(row, index, prefix, instruction, field_map, kind))
+            problems.append(replace(_problem(row, index, prefix, instruction, field_map, kind), origin=where))
         except _RowError as exc:
             errors.append(f"{where}: field {exc.field!r}: {exc.message}")
+    if len(errors) == 1:
+        raise UserError(errors[0])
     if errors:
-        raise ValueError(f"{len(errors)} bad row(s) in {source}:\n" + "\n".join(errors))
+        raise UserError(f"{len(errors)} bad row(s) in {source}:\n" + "\n".join(errors))
     if not problems:
-        raise ValueError(f"{source}: no problems found")
+        raise UserError(f"{source}: no problems found")
     return problems
 
 
@@ -374,7 +378,7 @@ def to_hf_dataset(problems: list[Problem]):
     import datasets
 
     if not problems:
-        raise ValueError("to_hf_dataset: no problems")
+        raise UserError("to_hf_dataset: no problems")
     return datasets.Dataset.from_dict(
         {
             "prompt": [[{"role": "user", "content": p.prompt}] for p in problems],

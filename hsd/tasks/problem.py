@@ -19,6 +19,7 @@ class Problem:
     kind: str = "math"  # which verifier scores it: one of KINDS
     reference: str | None = None  # a worked reference solution, when the data has one (SDFT context)
     meta: dict[str, Any] = field(default_factory=dict)  # verifier extras: code tests, gym entry, chain spec
+    origin: str = field(default="", compare=False)  # where it was read: "FILE: row N" ("" if generated)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`hsd train --config FILE.yaml [--field value ...]`: a TRL-style YAML recipe plus command-line overrides.
 
 The YAML holds the script fields below (model, dataset, reward) and any `HSDConfig` / `GRPOConfig` field.
-An unknown field is an error that names it (and the closest known field).
+An unknown field, a value of the wrong type or out of range is an error that names it (hsd.trainer.validate).
 """
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from hsd.errors import MissingInputError, UserError
+from hsd.trainer.runlock import RunLock
+from hsd.trainer.validate import check_recipe, context_size, fit_prompts, prompt_budget
 
 ACCEPTS_OVERRIDES = True  # hsd.cli passes unparsed --field value pairs as args.overrides
 RECIPE_FILE = "recipe.json"  # the resolved recipe each run writes into its output directory
@@ -36,6 +41,16 @@ class TrainScript:
     reward_workers: int = field(default=2, metadata={"help": "Verifier worker processes."})
     math_timeout: float = field(default=5.0, metadata={"help": "Seconds per math answer check."})
     code_timeout: float = field(default=10.0, metadata={"help": "Seconds per code test run."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens (chat template applied); default: context - completion."},
+    )
+    long_prompts: str = field(
+        default="refuse",
+        metadata={
+            "help": "A longer prompt: refuse (stop, naming file and row) or truncate (drop its start)."
+        },
+    )
 
 
 def parse_overrides(tokens: list[str]) -> dict:
@@ -44,7 +59,7 @@ def parse_overrides(tokens: list[str]) -> dict:
     while i < len(tokens):
         token = tokens[i]
         if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r}: overrides are --field value")
+            raise UserError(f"unexpected argument {token!r}: overrides are --field value")
         key = token[2:]
         if "=" in key:
             key, value = key.split("=", 1)
@@ -71,46 +86,60 @@ def yaml_scalar(value):
 
 
 def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = None):
-    """`(TrainScript, HSDConfig)` from a YAML file and overrides; unknown fields raise a ValueError."""
+    """`(TrainScript, HSDConfig)` from a YAML file and overrides, every field typed and range-checked
+    (hsd.trainer.validate); a mistake raises a `UserError` naming the field, its value and what is allowed."""
     from transformers import HfArgumentParser
 
     from hsd.trainer.config import HSDConfig
 
-    values: dict = {}
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a recipe is a YAML mapping of field: value")
-        values.update({key: yaml_scalar(value) for key, value in loaded.items()})
+    values = _recipe_values(config)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)
+    where = f"{config}: " if config else ""
     if unknown:
         hints = []
         for name in unknown:
             close = difflib.get_close_matches(name, known, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        where = f" in {config}" if config else ""
-        raise ValueError(f"unknown config field(s){where}: {', '.join(hints)}")
+        raise UserError(f"{where}unknown config field(s): {', '.join(hints)}")
     for key in ("model", "dataset"):
         if key not in values:
-            raise ValueError(f"the recipe needs the field {key!r}")
+            raise UserError(f"{where}the recipe needs the field {key!r}")
+    try:
+        values = check_recipe(values, (TrainScript, HSDConfig))
+    except UserError as exc:
+        raise UserError(f"{where}{exc}") from None
     values.setdefault("output_dir", "runs/hsd")
     parser = HfArgumentParser((TrainScript, HSDConfig))
-    script, args = parser.parse_dict(values, allow_extra_keys=False)
+    try:
+        script, args = parser.parse_dict(values, allow_extra_keys=False)
+    except ValueError as exc:  # HSDConfig's and TRL's own checks of how fields combine
+        raise UserError(f"{where}{' '.join(str(exc).split())}") from None
     return script, args
 
 
-def build_trainer(script: TrainScript, args, *, callbacks=None):
-    """An `HSDTrainer` for a recipe: model, dataset and verifier reward wired as the recipe says."""
-    from hsd.models import load_model, load_tokenizer
-    from hsd.tasks.datasets import load_problems, to_hf_dataset
-    from hsd.tasks.rewards import make_reward_func
-    from hsd.trainer.callbacks import MetricsJsonlCallback
-    from hsd.trainer.trainer import HSDTrainer
+def _recipe_values(config: str | Path | None) -> dict:
+    """The recipe file's `field: value` pairs (numbers such as 1e-3 read as numbers)."""
+    if config is None:
+        return {}
+    path = Path(config)
+    if not path.is_file():
+        raise MissingInputError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of field: value")
+    return {key: yaml_scalar(value) for key, value in loaded.items()}
+
+
+def checked_problems(script: TrainScript, args) -> tuple[list, object]:
+    """(problems, tokenizer): the recipe's data, each prompt checked against the model's context (its
+    config only; no weights load) and refused or truncated as `long_prompts` says."""
+    from hsd.models import load_tokenizer
+    from hsd.tasks.datasets import load_problems
 
     problems = load_problems(
         script.dataset,
@@ -119,13 +148,35 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
         instruction=script.instruction,
         seed=args.seed,
     )
+    budget = prompt_budget(context_size(script.model), script.max_prompt_length, args.max_completion_length)
+    tokenizer = load_tokenizer(script.model)
+    problems, notes = fit_prompts(problems, tokenizer, budget, script.long_prompts)
+    for note in notes:
+        print(f"hsd: warning: {note}", file=sys.stderr)
+    return problems, tokenizer
+
+
+def build_trainer(script: TrainScript, args, *, callbacks=None):
+    """An `HSDTrainer` for a recipe: model, dataset and verifier reward wired as the recipe says.
+
+    Before the model loads: output_dir's run lock (`RunLock`, held by the trainer as `run_lock`), the data
+    (bad rows name file and row) and every prompt's length against the model's context (`fit_prompts`).
+    """
+    from hsd.models import load_model
+    from hsd.tasks.datasets import to_hf_dataset
+
+    lock = RunLock(args.output_dir) if os.environ.get("RANK", "0") == "0" else None
+    problems, tokenizer = checked_problems(script, args)
+    from hsd.tasks.rewards import make_reward_func
+    from hsd.trainer.callbacks import MetricsJsonlCallback
+    from hsd.trainer.trainer import HSDTrainer
+
     dataset = to_hf_dataset(problems)
     reward = make_reward_func(
         num_workers=script.reward_workers, math_timeout=script.math_timeout, code_timeout=script.code_timeout
     )
-    tokenizer = load_tokenizer(script.model)
     model = load_model(script.model)
-    return HSDTrainer(
+    trainer = HSDTrainer(
         model,
         reward_funcs=reward,
         args=args,
@@ -133,6 +184,8 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
         processing_class=tokenizer,
         callbacks=[MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
+    trainer.run_lock = lock
+    return trainer
 
 
 def write_recipe(out: Path, script: TrainScript, config) -> Path:

@@ -1,0 +1,105 @@
+"""One run per output directory: a second `hsd train` on a busy directory fails at once naming the first; a
+lock left by a killed run is taken over with a warning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hsd.errors import UserError
+from hsd.trainer.runlock import LOCK_NAME, RunLock
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _wait_for_owner(lock: Path, pid: int, process: subprocess.Popen, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            owner = json.loads(lock.read_text())
+            if owner["pid"] == pid:
+                return owner
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{lock} never named pid {pid}")
+
+
+def _killed_owner(directory: Path) -> int:
+    """The pid of a process that took the lock and was then killed (SIGKILL: no clean-up ran)."""
+    code = f"import sys, time; from hsd.trainer.runlock import RunLock; lock = RunLock({str(directory)!r}); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    return holder.pid
+
+
+@pytest.mark.slow
+def test_a_second_hsd_train_on_a_busy_output_dir_fails_at_once_and_a_killed_runs_lock_is_taken_over(
+    tiny_model_dir, tmp_path
+):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"{a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(8))
+    )
+    out = tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model: {tiny_model_dir}\ndataset: {data}\noutput_dir: {out}\nmax_steps: 10000\n"
+        "per_device_train_batch_size: 4\nnum_generations: 4\nmax_completion_length: 8\nuse_cpu: true\n"
+        "report_to: []\nsave_steps: 100000\n"
+    )
+    command = [sys.executable, "-m", "hsd", "train", "--config", str(recipe)]
+    first = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        owner = _wait_for_owner(out / LOCK_NAME, first.pid, first)
+        assert owner["host"] == socket.gethostname()
+        started = time.monotonic()
+        second = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - started
+        assert first.poll() is None  # the first run was training all along
+        assert second.returncode == 2, second.stderr
+        assert "Traceback" not in second.stderr
+        assert (
+            f"output_dir {out} is in use by another run (pid {first.pid} on host {owner['host']}"
+            in second.stderr
+        )
+        assert elapsed < 30
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == first.pid  # killed: the lock file stays behind
+    third = subprocess.run(
+        [*command, "--max_steps", "1"], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the stale run lock {out / LOCK_NAME} of pid {first.pid}" in third.stderr
+    assert not (out / LOCK_NAME).exists()  # released when the run ended
+
+
+def test_stale_lock_of_a_killed_process_is_taken_over_and_a_held_lock_refuses(tmp_path, capsys):
+    dead = _killed_owner(tmp_path)
+    lock = RunLock(tmp_path)
+    assert (
+        f"taking over the stale run lock {tmp_path / LOCK_NAME} of pid {dead} on host"
+        in capsys.readouterr().err
+    )
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    with pytest.raises(UserError, match=rf"is in use by another run \(pid {os.getpid()} on host "):
+        RunLock(tmp_path)
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    RunLock(tmp_path).release()  # free again, and no warning: the last owner left cleanly
+    assert "stale" not in capsys.readouterr().err
