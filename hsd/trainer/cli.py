@@ -92,7 +92,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
 
     from hsd.trainer.config import HSDConfig
 
-    values = _recipe_values(config)
+    values = read_recipe(config)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)
@@ -119,7 +119,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
     return script, args
 
 
-def _recipe_values(config: str | Path | None) -> dict:
+def read_recipe(config: str | Path | None) -> dict:
     """The recipe file's `field: value` pairs (numbers such as 1e-3 read as numbers)."""
     if config is None:
         return {}
