@@ -2,7 +2,8 @@
 
 The kernel drops an `flock` when its process dies, however it dies, so a lock file that nobody holds is
 stale: the next run takes it over with a warning naming the dead owner. A lock that is held names the
-running owner (pid, host, start time) in the error of the run that finds it.
+running owner (pid, host, start time) in the error of the run that finds it. Within one process a new
+lock on the same directory replaces the old one (a trainer built again on the same output_dir).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from hsd.errors import UserError
 
 LOCK_NAME = ".hsd-run.lock"
+_HELD: weakref.WeakValueDictionary[str, RunLock] = weakref.WeakValueDictionary()  # this process's locks
 
 
 def _owner(text: str) -> str:
@@ -45,6 +47,9 @@ class RunLock:
     def __init__(self, output_dir: str | os.PathLike):
         self.path = Path(output_dir) / LOCK_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key].release()
         fd = self._lock_current_file()
         previous = os.read(fd, 4096).decode(errors="replace").strip()
         if previous:
@@ -59,6 +64,7 @@ class RunLock:
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
         self._finalizer = weakref.finalize(self, _release, fd, str(self.path))
+        _HELD[key] = self
 
     def _lock_current_file(self) -> int:
         """An fd holding flock on the file now at self.path (retrying if it is replaced meanwhile)."""

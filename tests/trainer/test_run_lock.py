@@ -35,14 +35,15 @@ def _wait_for_owner(lock: Path, pid: int, process: subprocess.Popen, seconds: fl
     raise AssertionError(f"{lock} never named pid {pid}")
 
 
-def _killed_owner(directory: Path) -> int:
-    """The pid of a process that took the lock and was then killed (SIGKILL: no clean-up ran)."""
-    code = f"import sys, time; from hsd.trainer.runlock import RunLock; lock = RunLock({str(directory)!r}); print('held', flush=True); time.sleep(60)"
+def _holder(directory: Path) -> subprocess.Popen:
+    """Another process that holds the directory's lock until it is killed."""
+    code = (
+        "import time; from hsd.trainer.runlock import RunLock; "
+        f"lock = RunLock({str(directory)!r}); print('held', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
     assert holder.stdout.readline().strip() == "held"
-    holder.kill()
-    holder.wait()
-    return holder.pid
+    return holder
 
 
 @pytest.mark.slow
@@ -89,17 +90,23 @@ def test_a_second_hsd_train_on_a_busy_output_dir_fails_at_once_and_a_killed_runs
     assert not (out / LOCK_NAME).exists()  # released when the run ended
 
 
-def test_stale_lock_of_a_killed_process_is_taken_over_and_a_held_lock_refuses(tmp_path, capsys):
-    dead = _killed_owner(tmp_path)
+def test_a_held_lock_refuses_and_a_killed_holders_lock_is_taken_over(tmp_path, capsys):
+    holder = _holder(tmp_path)
+    try:
+        with pytest.raises(UserError, match=rf"is in use by another run \(pid {holder.pid} on host "):
+            RunLock(tmp_path)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the lock file stays behind
+        holder.wait()
     lock = RunLock(tmp_path)
     assert (
-        f"taking over the stale run lock {tmp_path / LOCK_NAME} of pid {dead} on host"
+        f"taking over the stale run lock {tmp_path / LOCK_NAME} of pid {holder.pid} on host"
         in capsys.readouterr().err
     )
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
-    with pytest.raises(UserError, match=rf"is in use by another run \(pid {os.getpid()} on host "):
-        RunLock(tmp_path)
-    lock.release()
-    assert not (tmp_path / LOCK_NAME).exists()
-    RunLock(tmp_path).release()  # free again, and no warning: the last owner left cleanly
+    again = RunLock(tmp_path)  # the same process building again on the directory replaces its own lock
     assert "stale" not in capsys.readouterr().err
+    lock.release()  # a replaced lock's release leaves the new one alone
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    again.release()
+    assert not (tmp_path / LOCK_NAME).exists()
