@@ -116,6 +116,7 @@ def test_methods_at_one_seed_share_the_data_order(tiny_model_dir, tmp_path):
             "seed": seed,
             "per_device_train_batch_size": 8,
             "num_generations": 4,
+            "max_completion_length": 16,  # the tiny model's context is 512
             "use_cpu": True,
             "report_to": [],
             "output_dir": str(tmp_path / method),
