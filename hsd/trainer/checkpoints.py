@@ -249,10 +249,11 @@ def load_hsd_state(folder: Path, teacher=None, *, rank: int = 0, sharded: bool =
             raise CheckpointLoadError(f"{folder} has no {path.name}, which teacher_weights needs to resume")
         saved = load_file(str(path))
         names = [name for name, _ in teacher.named_parameters()]
+        engines.release_gathered(teacher)  # FSDP2: no stale unsharded copy survives the load
         for name, piece in zip(names, engines.local_pieces(teacher), strict=True):
             piece.copy_(saved[name].to(piece.device, piece.dtype))
         if any(hasattr(p, "ds_tensor") for p in teacher.parameters()):
-            engines._regather_zero3(teacher)
+            engines.regather_zero3(teacher)
     return int(json.loads(state_file.read_text())["peer_draws"])
 
 

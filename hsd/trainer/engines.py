@@ -81,7 +81,7 @@ def local_pieces(module: torch.nn.Module) -> list[torch.Tensor]:
     return pieces
 
 
-def _release_gathered(module: torch.nn.Module) -> None:
+def release_gathered(module: torch.nn.Module) -> None:
     """FSDP2: drop unsharded parameters a forward left behind (reshard_after_forward: false), so the next
     forward gathers the updated shards."""
     from torch.distributed.fsdp import FSDPModule
@@ -91,7 +91,7 @@ def _release_gathered(module: torch.nn.Module) -> None:
             sub.reshard()
 
 
-def _regather_zero3(module: torch.nn.Module) -> None:
+def regather_zero3(module: torch.nn.Module) -> None:
     """ZeRO-3: after partitions were written, free any gathered copy and rebuild the persistent (always
     gathered) parameters from their partitions, as DeepSpeed does after an optimizer step."""
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
@@ -110,7 +110,7 @@ def blend_into(target: torch.nn.Module, source: torch.nn.Module, decay: float) -
     """target <- decay * target + (1 - decay) * source, on each process's local pieces (decay 0: a copy).
 
     Both modules must be the same architecture prepared by the same engine (identically split)."""
-    _release_gathered(target)
+    release_gathered(target)
     targets, sources = local_pieces(target), local_pieces(source)
     if [t.shape for t in targets] != [s.shape for s in sources]:
         raise RuntimeError(
@@ -119,7 +119,7 @@ def blend_into(target: torch.nn.Module, source: torch.nn.Module, decay: float) -
     for t, s in zip(targets, sources, strict=True):
         t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1.0 - decay)
     if any(hasattr(p, "ds_tensor") for p in target.parameters()):
-        _regather_zero3(target)
+        regather_zero3(target)
 
 
 @torch.no_grad()
