@@ -494,6 +494,56 @@ def error_token(verdict, tokens: Sequence[str], text: str) -> int | None:
     return None  # the missing character comes after the last sampled token (a cut-off completion)
 
 
+def _check_collect(problems, group_size, sampling: SamplingSettings, problems_per_batch, peer_rule) -> None:
+    """`ValueError` naming the argument of `collect` that cannot work."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}")
+    if peer_rule not in RULES_FROM_REWARDS:
+        raise ValueError(f"peer_rule must be one of {RULES_FROM_REWARDS}, got {peer_rule!r}")
+    if sampling.greedy:
+        raise ValueError("the analysis samples groups of rollouts; greedy decoding gives one per problem")
+    if problems_per_batch < 1:
+        raise ValueError(f"problems_per_batch must be >= 1, got {problems_per_batch}")
+    if len({p.id for p in problems}) != len(problems):
+        raise ValueError("problems: ids must be unique")
+
+
+def _failures_with_peer(
+    tokenizer, problem: Problem, ids_G, texts_G, verdicts, rewards_G, peers, success_threshold: float
+) -> tuple[GroupOutcome, list[FailedRollout]]:
+    """How one group turned out, and its failed rollouts that have a peer (an unverifiable rollout, reward
+    -inf, is never a peer nor analysed, as in training)."""
+    group_size = len(rewards_G)
+    successes = sum(r >= success_threshold for r in rewards_G)
+    uncomputed = sum(r == -math.inf for r in rewards_G)
+    reference_ids = None
+    if problem.reference is not None:
+        reference_ids = list(tokenizer(problem.reference, add_special_tokens=False)["input_ids"])
+    failed = []
+    for i, (verdict, peer) in enumerate(zip(verdicts, peers)):
+        if rewards_G[i] >= success_threshold or rewards_G[i] == -math.inf or peer is None:
+            continue
+        visible = [tokenizer.decode([t], skip_special_tokens=True) for t in ids_G[i]]
+        failed.append(
+            FailedRollout(
+                problem_id=problem.id,
+                rollout=i,
+                peer=peer,
+                pass_rate=successes / group_size,
+                completion_ids=list(ids_G[i]),
+                peer_ids=list(ids_G[peer]),
+                reason=verdict.reason,
+                reference_ids=reference_ids,
+                completion_tokens=_token_texts(tokenizer, ids_G[i]),
+                peer_tokens=_token_texts(tokenizer, ids_G[peer]),
+                prompt=problem.prompt,
+                answer=problem.answer,
+                error_position=error_token(verdict, visible, texts_G[i]),
+            )
+        )
+    return GroupOutcome(problem.id, group_size, successes, uncomputed), failed
+
+
 def collect(
     model,
     tokenizer,
@@ -517,19 +567,11 @@ def collect(
 ) -> Analysis:
     """Sample `group_size` rollouts per problem, a batch of problems at a time, verify them, pick each failed
     rollout's peer (as in training) and score it under each context, until `min_failures` failed rollouts
-    with a peer are in hand or the problems run out."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}")
-    if peer_rule not in RULES_FROM_REWARDS:
-        raise ValueError(f"peer_rule must be one of {RULES_FROM_REWARDS}, got {peer_rule!r}")
+    with a peer are in hand or the problems run out. (Longer than 60 lines: a third of it is the settings
+    it takes and hands on, one per line.)"""
     sampling = sampling or SamplingSettings(max_new_tokens=256)
-    if sampling.greedy:
-        raise ValueError("the analysis samples groups of rollouts; greedy decoding gives one per problem")
-    if problems_per_batch < 1:
-        raise ValueError(f"problems_per_batch must be >= 1, got {problems_per_batch}")
+    _check_collect(problems, group_size, sampling, problems_per_batch, peer_rule)
     by_id = {p.id: p for p in problems}
-    if len(by_id) != len(problems):
-        raise ValueError("problems: ids must be unique")
     generator = torch.Generator().manual_seed(seed)  # peer draws, as the trainer's uniform rule
     rollouts: list[FailedRollout] = []
     groups: list[GroupOutcome] = []
@@ -552,39 +594,15 @@ def collect(
             texts_PG = [[decode(tokenizer, ids) for ids in ids_G] for ids_G in ids_PG]
             verdicts_PG = verify_all(batch, texts_PG, verifier, verify_workers)
             for problem, ids_G, texts_G, verdicts in zip(batch, ids_PG, texts_PG, verdicts_PG):
-                # an unverifiable rollout is never a peer nor analysed, as in training
                 rewards_G = [-math.inf if v.reason == UNCOMPUTED else v.reward for v in verdicts]
                 peers = select_peers(
                     rewards_G, group_size, peer_rule, generator=generator, threshold=success_threshold
                 )
-                successes = sum(r >= success_threshold for r in rewards_G)
-                uncomputed = sum(r == -math.inf for r in rewards_G)
-                groups.append(GroupOutcome(problem.id, group_size, successes, uncomputed))
-                reference_ids = None
-                if problem.reference is not None:
-                    reference_ids = list(tokenizer(problem.reference, add_special_tokens=False)["input_ids"])
-                for i, (verdict, peer) in enumerate(zip(verdicts, peers)):
-                    if rewards_G[i] >= success_threshold or rewards_G[i] == -math.inf or peer is None:
-                        continue
-                    tokens = _token_texts(tokenizer, ids_G[i])
-                    visible = [tokenizer.decode([t], skip_special_tokens=True) for t in ids_G[i]]
-                    new.append(
-                        FailedRollout(
-                            problem_id=problem.id,
-                            rollout=i,
-                            peer=peer,
-                            pass_rate=successes / group_size,
-                            completion_ids=list(ids_G[i]),
-                            peer_ids=list(ids_G[peer]),
-                            reason=verdict.reason,
-                            reference_ids=reference_ids,
-                            completion_tokens=tokens,
-                            peer_tokens=_token_texts(tokenizer, ids_G[peer]),
-                            prompt=problem.prompt,
-                            answer=problem.answer,
-                            error_position=error_token(verdict, visible, texts_G[i]),
-                        )
-                    )
+                group, failed = _failures_with_peer(
+                    tokenizer, problem, ids_G, texts_G, verdicts, rewards_G, peers, success_threshold
+                )
+                groups.append(group)
+                new.extend(failed)
             score_rollouts(
                 model,
                 tokenizer,
@@ -601,16 +619,9 @@ def collect(
             rollouts.extend(new)
     finally:
         bar.close()
-    settings = {
-        "group_size": group_size,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "max_new_tokens": sampling.max_new_tokens,
-        "min_failures": min_failures,
-        "seed": seed,
-        "peer_rule": peer_rule,
-        "success_threshold": success_threshold,
-        "contexts": list(contexts),
-        "max_peer_tokens": max_peer_tokens,
-    }
+    settings = dict(
+        group_size=group_size, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, min_failures=min_failures, seed=seed, peer_rule=peer_rule,
+        success_threshold=success_threshold, contexts=list(contexts), max_peer_tokens=max_peer_tokens,
+    )  # fmt: skip
     return Analysis(rollouts, groups, settings)

@@ -63,6 +63,34 @@ class BenchSetup:
         elif self.device != "cpu":
             raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
 
+    def model(self):
+        """A fresh policy of this shape, seeded: every method starts from the same weights."""
+        return build_model(
+            self.model_config,
+            random_init=self.random_init,
+            dtype=self.torch_dtype,
+            device=self.device,
+            seed=self.seed,
+        )
+
+    def fixed_inputs(self) -> tuple:
+        """(tokenizer, the fixed batch) that every method runs on."""
+        tokenizer = build_tokenizer(model_config(self.model_config).vocab_size)
+        return tokenizer, fixed_batch(
+            tokenizer, self.batch, self.group_size, self.completion_len, seed=self.seed
+        )
+
+
+def scripted_data(batch: FixedBatch, tokenizer) -> dict:
+    """The trainer arguments that fix what is trained on: the table reward, the batch's rows, the tokenizer."""
+    from datasets import Dataset
+
+    return dict(
+        reward_funcs=table_reward(batch),
+        train_dataset=Dataset.from_list(batch.rows),
+        processing_class=tokenizer,
+    )
+
 
 def trainer_args(setup: BenchSetup, output_dir: str, **fields):
     """Training arguments shared by every trainer: one optimizer step per batch, no saving, no reports."""
@@ -95,28 +123,17 @@ def build_hsd_trainer(setup: BenchSetup, method: str, tokenizer, batch: FixedBat
     """`HSDTrainer` for one method on the fixed batch: scripted rollouts, fixed rewards, fresh model.
 
     `method` may end in `:plain` (e.g. `hsd:plain`): that trainer runs with every optimisation off."""
-    from datasets import Dataset
-
     from hsd.trainer.config import HSDConfig
     from hsd.trainer.trainer import HSDTrainer
 
-    model = build_model(
-        setup.model_config,
-        random_init=setup.random_init,
-        dtype=setup.torch_dtype,
-        device=setup.device,
-        seed=setup.seed,
-    )
     name, _, variant = method.partition(":")
     overrides = {**setup.overrides, **(OPTIMISATIONS_OFF if variant == "plain" else {})}
     args = HSDConfig(**trainer_args(setup, output_dir, method=name, **overrides))
     return HSDTrainer(
-        model,
-        reward_funcs=table_reward(batch),
+        setup.model(),
         args=args,
-        train_dataset=Dataset.from_list(batch.rows),
-        processing_class=tokenizer,
         rollout_func=scripted_rollouts(batch, tokenizer),
+        **scripted_data(batch, tokenizer),
     )
 
 
@@ -142,8 +159,7 @@ def ratios_to(results: dict, base: str) -> dict:
 def run_step(setup: BenchSetup, methods=STEP_METHODS) -> dict:
     """`hsd bench step`: each method on the same batch, steps interleaved, phase medians, ratios to GRPO."""
     setup.check()
-    tokenizer = build_tokenizer(model_config(setup.model_config).vocab_size)
-    batch = fixed_batch(tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed)
+    tokenizer, batch = setup.fixed_inputs()
     with tempfile.TemporaryDirectory() as out:
         trainers = {
             m: build_hsd_trainer(setup, m, tokenizer, batch, f"{out}/{m.replace(':', '-')}") for m in methods

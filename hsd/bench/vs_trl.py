@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import tempfile
 
-from hsd.bench.fixtures import (
-    FixedBatch,
-    build_model,
-    build_tokenizer,
-    fixed_batch,
-    model_config,
-    scripted_rollouts,
-    table_reward,
-)
+from hsd.bench.fixtures import FixedBatch, scripted_rollouts
 from hsd.bench.meter import summarize, train_in_turns
-from hsd.bench.step import BenchSetup, build_hsd_trainer, describe, environment, ratios_to, trainer_args
+from hsd.bench.step import (
+    BenchSetup,
+    build_hsd_trainer,
+    describe,
+    environment,
+    ratios_to,
+    scripted_data,
+    trainer_args,
+)
 from hsd.teacher.prompt import tokenize_prompt
 
 SDPO_SETTINGS = dict(
@@ -31,7 +31,6 @@ def build_sdpo_trainer(setup: BenchSetup, tokenizer, batch: FixedBatch, output_d
     """TRL's `SDPOTrainer` (successful-peer self-distillation, full logits) on the fixed batch.
 
     SDPO has no `rollout_func`, so its `_generate` is replaced by the same scripted completions."""
-    from datasets import Dataset
     from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
     prompt_to_question = {
@@ -49,50 +48,26 @@ def build_sdpo_trainer(setup: BenchSetup, tokenizer, batch: FixedBatch, output_d
                 completions.append(batch.completions[q * batch.group_size + k])
             return prompt_ids, completions
 
-    model = build_model(
-        setup.model_config,
-        random_init=setup.random_init,
-        dtype=setup.torch_dtype,
-        device=setup.device,
-        seed=setup.seed,
-    )
     args = SDPOConfig(**trainer_args(setup, output_dir, **SDPO_SETTINGS))
-    return ScriptedSDPOTrainer(
-        model,
-        reward_funcs=table_reward(batch),
-        args=args,
-        train_dataset=Dataset.from_list(batch.rows),
-        processing_class=tokenizer,
-    )
+    return ScriptedSDPOTrainer(setup.model(), args=args, **scripted_data(batch, tokenizer))
 
 
 def build_trl_grpo_trainer(setup: BenchSetup, tokenizer, batch: FixedBatch, output_dir: str):
     """TRL's own `GRPOTrainer` on the fixed batch (the reference point of the SDPO measurement)."""
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    model = build_model(
-        setup.model_config,
-        random_init=setup.random_init,
-        dtype=setup.torch_dtype,
-        device=setup.device,
-        seed=setup.seed,
-    )
     return GRPOTrainer(
-        model,
-        reward_funcs=table_reward(batch),
+        setup.model(),
         args=GRPOConfig(**trainer_args(setup, output_dir)),
-        train_dataset=Dataset.from_list(batch.rows),
-        processing_class=tokenizer,
         rollout_func=scripted_rollouts(batch, tokenizer),
+        **scripted_data(batch, tokenizer),
     )
 
 
 def run_vs_trl(setup: BenchSetup) -> dict:
     """`hsd bench vs-trl`: a step of HSDTrainer (HSD) against TRL's SDPOTrainer and GRPOTrainer, interleaved."""
     setup.check()
-    tokenizer = build_tokenizer(model_config(setup.model_config).vocab_size)
-    batch = fixed_batch(tokenizer, setup.batch, setup.group_size, setup.completion_len, seed=setup.seed)
+    tokenizer, batch = setup.fixed_inputs()
     with tempfile.TemporaryDirectory() as out:
         trainers = {
             "hsd": build_hsd_trainer(setup, "hsd", tokenizer, batch, f"{out}/hsd"),
