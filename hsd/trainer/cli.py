@@ -120,7 +120,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
 
 
 def read_recipe(config: str | Path | None) -> dict:
-    """The recipe file's `field: value` pairs (numbers such as 1e-3 read as numbers)."""
+    """The recipe file's `field: value` pairs (numbers such as 1e-3 read as numbers, quoted strings kept)."""
     if config is None:
         return {}
     path = Path(config)
@@ -132,7 +132,12 @@ def read_recipe(config: str | Path | None) -> dict:
         raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping of field: value")
-    return {key: yaml_scalar(value) for key, value in loaded.items()}
+    # YAML has read every value; only a number it kept as a string (1e-3, YAML 1.1) is converted ('no' stays)
+    return {key: _number_or_value(value) for key, value in loaded.items()}
+
+
+def _number_or_value(value):
+    return yaml_scalar(value) if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) else value
 
 
 def checked_problems(script: TrainScript, args) -> tuple[list, object]:

@@ -73,7 +73,10 @@ def _describe(annotation) -> str:
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
              type(None): "null"}  # fmt: skip
     words = []
-    for member in _members(annotation):
+    members = _members(annotation)
+    if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
+        members = tuple(m for m in members if m is not str)  # an enum field's string must name a member
+    for member in members:
         origin = typing.get_origin(member) or member
         if isinstance(origin, type) and issubclass(origin, enum.Enum):
             words.append("one of " + ", ".join(str(e.value) for e in origin))
@@ -94,6 +97,8 @@ def _accept(member, value):
         return value if value in typing.get_args(member) else _NO
     if origin is bool:
         return value if isinstance(value, bool) else _NO
+    if isinstance(origin, type) and issubclass(origin, enum.Enum) and value is False:
+        return "no" if "no" in {e.value for e in origin} else _NO  # YAML 1.1 reads a bare `no` as false
     if isinstance(value, bool):
         return _NO
     if origin is int:

@@ -127,6 +127,9 @@ def test_types_and_ranges_in_process():
                            (TrainScript, HSDConfig))  # fmt: skip
     assert checked == {"learning_rate": 3.0, "max_steps": 1000, "lr_scheduler_type": "constant"}
     assert check_recipe({"max_steps": -1, "num_train_epochs": 2}, (HSDConfig,))["max_steps"] == -1
+    assert check_recipe({"save_strategy": False}, (HSDConfig,)) == {
+        "save_strategy": "no"
+    }  # `--save_strategy no`
     bad = [
         ({"max_steps": -1}, "field 'max_steps'"),
         ({"per_device_train_batch_size": 2.5}, "field 'per_device_train_batch_size': 2.5"),
