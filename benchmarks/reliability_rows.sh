@@ -9,10 +9,11 @@ loss_steps() { python -c "import json,sys; r=[json.loads(l) for l in open(sys.ar
 losses() { python -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print({x['step']: x['loss'] for x in r if 'loss' in x and x['step'] > int(sys.argv[2])})" "$1" "$2"; }
 
 echo "== SIGTERM at step 25, checkpoints every 10"
-train --output_dir "$OUT/sigterm" 2>"$OUT/sigterm.err" >/dev/null &
+# not through the `train` function: a backgrounded function is a subshell, and $! would be that shell's pid
+hsd train --config configs/quickstart.yaml --report_to '[]' --output_dir "$OUT/sigterm" 2>"$OUT/sigterm.err" >/dev/null &
 pid=$!
 until grep -q '"step": 25, "loss"' "$OUT/sigterm/metrics.jsonl" 2>/dev/null; do sleep 0.1; done
-kill -TERM $pid; wait $pid; echo "exit status $?"; tail -n 1 "$OUT/sigterm.err"
+kill -TERM $pid; wait $pid; echo "exit status $?"; tail -n 1 "$OUT/sigterm.err" | tr '\r' '\n' | tail -n 1
 ls "$OUT/sigterm" | grep checkpoint
 train --output_dir "$OUT/sigterm" >/dev/null 2>&1; echo "rerun exit status $?"
 echo "steps in metrics.jsonl: $(loss_steps "$OUT/sigterm/metrics.jsonl")"
