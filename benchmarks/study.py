@@ -2,7 +2,7 @@
 one recipe and budget, one `hsd compare` run at a time, then the paired statistics against GRPO.
 
     python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4     # resumable: finished runs are kept
-    python benchmarks/study.py report [CELL ...]                          # tables, JSON and plots
+    python benchmarks/study.py report [CELL ...] [--report NAME]          # tables, JSON and plots
     python benchmarks/study.py commands CELL                              # the exact hsd compare command
 
 Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out runs/study/CELL
@@ -64,6 +64,10 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "live-clip1": ("hsd", ["--teacher_weights", "live", "--divergence_clip", "1.0"]),
     "live-tt0.5": ("hsd", ["--teacher_weights", "live", "--teacher_temperature", "0.5"]),
     "live-from-tau": ("hsd", ["--teacher_weights", "live", "--distill_positions", "from_tau"]),
+    "live-mix-no-fallback": (
+        "hsd",
+        ["--teacher_weights", "live", "--distill_weight", "0.5", "--pg_weight", "0.5", "--fallback", "false"],
+    ),
 }  # fmt: skip
 
 
@@ -106,11 +110,11 @@ def load(cells: list[str]) -> list[dict]:
     return results
 
 
-def report(cells: list[str]) -> None:
+def report(cells: list[str], name: str = "report") -> None:
     from hsd.compare import write_comparison
 
     results = load(cells)
-    out = OUT / "report"
+    out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
     write_comparison(
         results, out, baseline="grpo", command="python benchmarks/study.py report " + " ".join(cells)
@@ -201,6 +205,7 @@ def main() -> int:
     parser.add_argument("cells", nargs="*", default=list(CELLS))
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
+    parser.add_argument("--report", default="report", help="report directory under runs/study")
     args = parser.parse_args()
     unknown = [c for c in args.cells if c not in CELLS]
     if unknown:
@@ -208,7 +213,7 @@ def main() -> int:
     if args.action == "run":
         run(args.cells, [int(s) for s in args.seeds.split(",") if s], validation=not args.no_validation)
     elif args.action == "report":
-        report(args.cells)
+        report(args.cells, args.report)
     else:
         for cell in args.cells:
             print(shlex.join(command(cell, args.seeds + ",", "$M", not args.no_validation)))
