@@ -29,18 +29,39 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **knobs) -> Path:
-    """The directory of the testbed model `name` (`testbed` or `testbed:seed=N`), built first when the cache
-    has no build: a step of about 2 minutes (default knobs) that is announced through `announce` first."""
-    from hsd.testbed.model import build_testbed_model, cache_root, cached_testbed_model
-
-    seed = 0
+def testbed_options(name: str) -> tuple[int, dict]:
+    """(seed, build knobs) of a testbed model name: `testbed`, `testbed:seed=N`, and `steps=K` (chains of
+    exactly K steps: knob steps_range=[K, K]) and `error_rate=E`, comma-separated
+    (`testbed:seed=0,steps=16,error_rate=0.05` is `hsd testbed build --seed 0 --knob "steps_range=[16,16]"
+    --knob error_rate=0.05`)."""
+    seed, knobs = 0, {}
     for item in name.partition(":")[2].split(","):
         key, _, value = item.partition("=")
-        if key == "seed":
-            seed = int(value)
-        elif key:
-            raise UserError(f"model {name!r}: unknown testbed option {key!r} (known: seed)")
+        try:
+            if key == "seed":
+                seed = int(value)
+            elif key == "steps":
+                knobs["steps_range"] = [int(value), int(value)]
+            elif key == "error_rate":
+                knobs["error_rate"] = float(value)
+            elif key:
+                raise UserError(
+                    f"model {name!r}: unknown testbed option {key!r} (known: seed, steps, error_rate)"
+                )
+        except ValueError as exc:  # int() / float() of a bad value, or the UserError above
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"model {name!r}: testbed option {key}={value!r} is not a number") from None
+    return seed, knobs
+
+
+def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **knobs) -> Path:
+    """The directory of the testbed model `name` (see `testbed_options`), built first when the cache has no
+    build: a step of about 2 minutes (default knobs) that is announced through `announce` first."""
+    from hsd.testbed.model import build_testbed_model, cache_root, cached_testbed_model
+
+    seed, named = testbed_options(name)
+    knobs = {**named, **knobs}
     cached = cached_testbed_model(seed, cache_dir=cache_dir, **knobs)
     if cached is not None:
         return cached

@@ -242,3 +242,17 @@ def test_cli_rejects_an_unknown_knob(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
     assert "layers" in result.stderr
+
+
+def test_testbed_model_names_carry_the_long_chain_knobs():
+    from hsd.models import testbed_options
+
+    assert testbed_options("testbed") == (0, {})
+    assert testbed_options("testbed:seed=2,steps=16,error_rate=0.05") == (
+        2,
+        {"steps_range": [16, 16], "error_rate": 0.05},
+    )
+    with pytest.raises(ValueError, match="unknown testbed option 'layers'"):
+        testbed_options("testbed:layers=4")
+    with pytest.raises(ValueError, match="steps='x' is not a number"):
+        testbed_options("testbed:steps=x")
