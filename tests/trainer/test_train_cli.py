@@ -14,7 +14,9 @@ from hsd.trainer.cli import load_recipe
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "smollm2-gsm8k.yaml", "qwen3-8b-paper.yaml"])
+@pytest.mark.parametrize(
+    "name", ["quickstart.yaml", "smollm2-gsm8k.yaml", "qwen3-8b-paper.yaml", "long-chain-hsd.yaml"]
+)
 def test_every_recipe_parses(name):
     # the paper recipe asks for GPUs and vLLM; its fields must still all be known and well-typed
     script, args = load_recipe(
