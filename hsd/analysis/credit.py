@@ -22,7 +22,7 @@ from hsd.core.divergence import (
     optimal_success_rate,
     silence_curve,
 )
-from hsd.core.head import chunked_token_logps
+from hsd.core.head import chunked_token_logps, output_head
 from hsd.core.peers import RULES_FROM_REWARDS, select_peers
 from hsd.sampling import SamplingSettings, chat_prompt, decode, generate, progress_bar, prompt_ids
 from hsd.tasks.problem import UNCOMPUTED, Problem
@@ -394,7 +394,7 @@ def completion_logprobs(
         )
         keep_RT = completion_mask.bool().to(device)
         logps_N = chunked_token_logps(
-            hidden_RTH[keep_RT], completion_ids.to(device)[keep_RT], model.get_output_embeddings(),
+            hidden_RTH[keep_RT], completion_ids.to(device)[keep_RT], output_head(model),
             temperature=temperature,
         ).cpu()  # fmt: skip
         start = 0

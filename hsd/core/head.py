@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -19,6 +21,22 @@ def chunks_on_every_rank(n_positions: int, chunk_size: int) -> int:
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
         n_chunks = int(count.item())
     return n_chunks
+
+
+def logit_softcap(config) -> float | None:
+    """The cap c of a model that soft-caps its logits, z = c tanh(z / c) (`final_logit_softcapping`, Gemma 2)."""
+    return getattr(config.get_text_config(), "final_logit_softcapping", None)
+
+
+def _soft_capped(lm_head, cap: float, hidden_nH: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(lm_head(hidden_nH).float() / cap) * cap
+
+
+def output_head(model):
+    """The model's logits as a function of its final hidden states: its `lm_head`, then z = c tanh(z / c)
+    where the config soft-caps them, so every head here sees the logits the model's own forward gives."""
+    lm_head, cap = model.get_output_embeddings(), logit_softcap(model.config)
+    return lm_head if cap is None else functools.partial(_soft_capped, lm_head, float(cap))
 
 
 def _logp_chunk(hidden_nH, token_ids_n, lm_head, temperature):

@@ -76,11 +76,17 @@ def checkpointing_off(model: torch.nn.Module):
             module.gradient_checkpointing = True
 
 
-def supports_shared_prefix(config) -> bool:
-    """Whether every layer caches full attention (a sliding window would not see the whole prefix)."""
+def shared_prefix_refusal(config) -> str | None:
+    """Why a shared prefix cannot serve this model family (None when it can): every layer must cache full
+    attention (a sliding-window layer keeps only the window, not the whole prefix)."""
     from transformers import DynamicCache
 
-    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+    layers = DynamicCache(config=config).layers
+    other = [i for i, layer in enumerate(layers) if type(layer) is not DynamicLayer]
+    if not other:
+        return None
+    kinds = sorted({type(layers[i]).__name__ for i in other})
+    return f"layers {other} of {len(layers)} cache {'/'.join(kinds)}, not full attention"
 
 
 @torch.no_grad()
@@ -96,8 +102,14 @@ def prefix_shared_hidden(
 
     Equal to running `backbone` on [prefix of row r ; completion r] for every row (same positions, same
     mask), but each distinct prefix is computed once: the prefix pass gives the hidden state that predicts
-    the first completion token and the keys / values the completion pass attends to.
+    the first completion token and the keys / values the completion pass attends to. A model that cannot
+    share a prefix (`shared_prefix_refusal`) runs the whole rows instead.
     """
+    if shared_prefix_refusal(backbone.config) is not None:
+        T = completion_ids_RT.size(1)
+        ids = torch.cat([prefix_ids_UP.index_select(0, prefix_of_row_R), completion_ids_RT], dim=1)
+        mask = torch.cat([prefix_mask_UP.index_select(0, prefix_of_row_R), completion_mask_RT], dim=1)
+        return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -T - 1 : -1]
     with checkpointing_off(backbone):
         prefix = backbone(input_ids=prefix_ids_UP, attention_mask=prefix_mask_UP, use_cache=True)
         last_RH = prefix.last_hidden_state[:, -1].index_select(0, prefix_of_row_R)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from hsd.core.head import chunks_on_every_rank
+from hsd.core.head import chunks_on_every_rank, logit_softcap, output_head
 from hsd.core.losses import token_divergence
 from hsd.teacher.prefix import prefix_shared_hidden
 
@@ -284,6 +284,14 @@ class _TeacherStudentKL(torch.autograd.Function):
         )
 
 
+def analytic_head_refusal(config) -> str | None:
+    """Why the worked-out gradient cannot serve this model family (None when it can); its `output_head` then
+    is no plain linear head, so `analytic_head_supported` refuses it too."""
+    if (cap := logit_softcap(config)) is not None:
+        return f"final_logit_softcapping={cap} caps the logits, which its gradient does not model"
+    return None
+
+
 def analytic_head_supported(lm_head, kind: str) -> bool:
     """Whether `teacher_student_kl` can serve this call: Eq. 13, a plain (unsharded, unpatched) linear head."""
     weight = getattr(lm_head, "weight", None)
@@ -379,6 +387,7 @@ def install_hsd_forward(model) -> None:
         T = spec["completion_ids"].size(1)
         student_BTH = hidden[:, -T - 1 : -1]
         lm_head = self.get_output_embeddings()
+        head = output_head(self)  # soft-capped logits: no plain linear head, autograd on chunks serves it
         positions = spec["positions"]  # bool [B, T]: where the divergence is computed
         token_ids = spec["completion_ids"][positions]
         student_NH = student_BTH[positions].to(lm_head.weight.dtype)
@@ -386,7 +395,7 @@ def install_hsd_forward(model) -> None:
         if (
             getattr(self, "_hsd_analytic_head", True)
             and token_ids.numel()
-            and analytic_head_supported(lm_head, spec["kind"])
+            and analytic_head_supported(head, spec["kind"])
         ):
             return teacher_student_kl(
                 teacher_NH,
@@ -403,7 +412,7 @@ def install_hsd_forward(model) -> None:
             teacher_NH,
             student_NH,
             token_ids,
-            lm_head,
+            head,
             kind=spec["kind"],
             temperature=spec["temperature"],
             alpha=spec.get("alpha"),

@@ -24,11 +24,11 @@ from trl.trainer.utils import pad
 
 from hsd.core.contexts import build_contexts
 from hsd.core.divergence import first_divergence
-from hsd.core.head import chunked_token_logps
+from hsd.core.head import chunked_token_logps, output_head
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.peers import group_outcomes, select_peers
 from hsd.core.positions import distill_position_mask, rollout_regions
-from hsd.teacher.prefix import distinct_prefixes, supports_shared_prefix
+from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
 from hsd.teacher.prompt import teacher_input_ids
 from hsd.trainer import checkpoints, guards
 from hsd.trainer.config import HSDConfig
@@ -43,7 +43,7 @@ from hsd.trainer.engines import (
     prepare_copy,
     teacher_stop_gradient,
 )
-from hsd.trainer.forward import DistillTerms, install_hsd_forward, set_distill_head
+from hsd.trainer.forward import DistillTerms, analytic_head_refusal, install_hsd_forward, set_distill_head
 from hsd.trainer.interrupt import StopOnSignal
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,17 @@ AGGREGATION_FOR_LOSS_TYPE = {
     "vespo": "token_mean",
     "dr_grpo": "fixed_length",
 }
+
+
+def fallback_line(model, args: HSDConfig) -> str | None:
+    """One line naming the model family and each teacher-pass optimisation switched on in `args` that it
+    cannot use, with why (None when it can use them all); those parts run the plain path instead."""
+    reasons = []
+    if args.teacher_prefix_cache and (why := shared_prefix_refusal(model.config)):
+        reasons.append(f"teacher_prefix_cache falls back to a full teacher pass per rollout ({why})")
+    if args.analytic_distill_head and (why := analytic_head_refusal(model.config)):
+        reasons.append(f"analytic_distill_head falls back to autograd on chunks ({why})")
+    return f"{type(model).__name__}: " + "; ".join(reasons) if reasons else None
 
 
 class RewardFunctionError(RuntimeError):
@@ -161,6 +172,10 @@ class HSDTrainer(GRPOTrainer):
                 "beta", prepare=lambda m: add_fused_lm_head(m, temperature=self.temperature)
             )
         install_hsd_forward(self.model)
+        policy = self.accelerator.unwrap_model(self.model)
+        self._prefix_refusal = shared_prefix_refusal(policy.config)  # the teacher copies share its config
+        if args.needs_teacher and (line := fallback_line(policy, args)):
+            logger.warning(line)
         self._peer_draws = 0
         self._phase = defaultdict(float)
         self._hsd_batch: dict | None = None
@@ -450,9 +465,9 @@ class HSDTrainer(GRPOTrainer):
             attention_mask=torch.cat([output["prompt_mask"], mask], dim=1),
             hsd_hidden=ids.size(1),
         )
-        lm_head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
+        head = output_head(self.accelerator.unwrap_model(self.model))
         logp = chunked_token_logps(
-            hidden.reshape(-1, hidden.size(-1)), ids.reshape(-1), lm_head, temperature=self.temperature
+            hidden.reshape(-1, hidden.size(-1)), ids.reshape(-1), head, temperature=self.temperature
         ).view_as(ids.float())
         return ((logp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
 
@@ -483,9 +498,7 @@ class HSDTrainer(GRPOTrainer):
         # Every process runs the teacher forward (sharded engines gather weights collectively): with no
         # distilled row here, it runs on row 0 and the result is discarded.
         run = index if len(index) else torch.zeros(1, dtype=torch.long, device=rows.device)
-        shared = args.teacher_prefix_cache and supports_shared_prefix(
-            self.accelerator.unwrap_model(teacher).config
-        )
+        shared = args.teacher_prefix_cache and self._prefix_refusal is None
         stop_gradient = teacher_stop_gradient(self.accelerator, args.teacher_inference_mode)
         with stop_gradient(), self._timed("teacher"):
             if shared:

@@ -6,15 +6,17 @@ within that dtype's tolerance (benchmarks/gpu/run.sh does); the default is the C
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import partial
 
 import pytest
 import torch
+import transformers
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hsd import HSDConfig, HSDTrainer
+from hsd.analysis.credit import completion_logprobs
 from hsd.bench.fixtures import (
     OPTIMISATIONS_OFF,
     build_tokenizer,
@@ -22,9 +24,9 @@ from hsd.bench.fixtures import (
     scripted_rollouts,
     table_reward,
 )
-from hsd.core.losses import aggregate, token_divergence
-from hsd.teacher.prefix import distinct_prefixes
-from hsd.trainer.forward import fused_distillation, teacher_student_kl
+from hsd.core.losses import aggregate, reference_kl, token_divergence
+from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
+from hsd.trainer.forward import analytic_head_refusal, fused_distillation, teacher_student_kl
 
 GROUP, QUESTIONS, LENGTH = 4, 4, 12
 DEVICE = os.environ.get("HSD_TEST_DEVICE", "cpu")
@@ -34,26 +36,54 @@ DTYPE = getattr(torch, os.environ.get("HSD_TEST_DTYPE", "float32"))
 BF16_LOSS_RTOL, BF16_GRAD_REL_ERROR = 2e-2, 5e-2
 
 
-_BUILT: dict = {}
+# Each family a user is likely to train, as transformers builds it by default (its peculiarity in the
+# comment), at a tiny random-init size: (model class, config class, fields beyond the shared tiny shape).
+FAMILIES = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", {}),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", {}),  # biased q/k/v projections
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", {}),  # q / k norm
+    "mistral": ("MistralForCausalLM", "MistralConfig", {}),  # sliding-window attention (4096: v0.1)
+    "mistral-no-window": ("MistralForCausalLM", "MistralConfig", {"sliding_window": None}),  # v0.2 on
+    "gemma": ("GemmaForCausalLM", "GemmaConfig", {}),  # scaled, tied embeddings
+    # final logit soft-capping (30 in Gemma 2; a tiny model's logits are small, so a cap that bites), sliding
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", {"final_logit_softcapping": 0.5}),
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", {}),  # sliding layers, q / k norm, tied
+    "phi3": ("Phi3ForCausalLM", "Phi3Config", {}),  # fused qkv and gate / up projections
+}
 
 
-def _trainer(tmp_path, **overrides) -> HSDTrainer:
-    """A tiny Llama HSDTrainer on a fixed batch, built once per set of overrides (tests reset every switch)."""
-    key = tuple(sorted(overrides.items()))
-    if key in _BUILT:
-        return _BUILT[key]
-    tokenizer = build_tokenizer(400)
-    batch = fixed_batch(tokenizer, QUESTIONS, GROUP, LENGTH, seed=3, p=0.5)
-    torch.manual_seed(0)
-    config = LlamaConfig(
+def tiny_model(family: str, tokenizer):
+    """A random-init 2-layer model of `family` (hidden 32, 4 heads of 8, 2 key / value heads)."""
+    model_cls, config_cls, extra = FAMILIES[family]
+    config = getattr(transformers, config_cls)(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=8,
         max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **extra,
     )
+    return getattr(transformers, model_cls)(config)
+
+
+_BUILT: dict = {}
+
+
+def _trainer(tmp_path, family: str = "llama", **overrides) -> HSDTrainer:
+    """A tiny HSDTrainer on a fixed batch, built once per family and set of overrides (tests reset every
+    switch)."""
+    key = (family, *sorted(overrides.items()))
+    if key in _BUILT:
+        return _BUILT[key]
+    tokenizer = build_tokenizer(400)
+    batch = fixed_batch(tokenizer, QUESTIONS, GROUP, LENGTH, seed=3, p=0.5)
+    torch.manual_seed(0)
     args = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=QUESTIONS * GROUP,
@@ -66,7 +96,7 @@ def _trainer(tmp_path, **overrides) -> HSDTrainer:
         temperature=0.8,
     )
     trainer = HSDTrainer(
-        LlamaForCausalLM(config).to(DEVICE, DTYPE),
+        tiny_model(family, tokenizer).to(DEVICE, DTYPE),
         reward_funcs=table_reward(batch),
         args=HSDConfig(**{**args, **overrides}),
         train_dataset=Dataset.from_list(batch.rows),
@@ -108,6 +138,59 @@ def _assert_same(a, b, rtol=1e-4, atol=1e-6):
     torch.testing.assert_close(loss_a, loss_b, rtol=rtol, atol=atol)
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=rtol, atol=atol, msg=name)
+
+
+def _own_token_logps(trainer, inputs, student_logits=None):
+    """log p(o_t) [B, T] from the model's own logits of the student sequences, divided by the temperature."""
+    T = inputs["completion_ids"].size(1)
+    if student_logits is None:
+        student_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        student_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        with torch.no_grad():
+            logits = trainer.model(input_ids=student_ids, attention_mask=student_mask).logits
+        student_logits = logits[:, -T - 1 : -1]
+    logp = torch.log_softmax(student_logits.float() / trainer.args.temperature, dim=-1)
+    return logp.gather(-1, inputs["completion_ids"][..., None])[..., 0]
+
+
+def _own_logits_loss_and_grads(trainer, inputs):
+    """Eq. 10 / 13 (+ beta KL to the reference) from the model's own [B, T, V] logits of both passes: what
+    every head and teacher pass must reproduce."""
+    model, T = trainer.model, inputs["completion_ids"].size(1)
+    model.zero_grad()
+    rows = torch.arange(inputs["completion_ids"].size(0), device=inputs["completion_ids"].device)
+    teacher_ids, teacher_mask = trainer.teacher_batch(inputs, rows)
+    with torch.no_grad():
+        teacher_logits = model(input_ids=teacher_ids, attention_mask=teacher_mask).logits[:, -T - 1 : -1]
+    student_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    student_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    student_logits = model(input_ids=student_ids, attention_mask=student_mask).logits[:, -T - 1 : -1]
+    temperature = trainer.args.temperature
+    div = token_divergence(teacher_logits.float() / temperature, student_logits.float() / temperature)
+    mask = inputs["completion_mask"].float()
+    loss = aggregate(div, mask * inputs["distill_mask"][:, None].float(), "sequence_mean")
+    if trainer.beta:
+        kl = reference_kl(_own_token_logps(trainer, inputs, student_logits), inputs["ref_per_token_logps"])
+        loss = loss + trainer.beta * aggregate(kl, mask, "sequence_mean")
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_logp_readers_give_own_logps(trainer, inputs):
+    """The perplexity peer rules' mean log-prob and the analysis' per-token log-probs equal the model's own."""
+    own_BT, mask_BT = _own_token_logps(trainer, inputs).cpu(), inputs["completion_mask"].cpu()
+    tol = (
+        dict(rtol=BF16_LOSS_RTOL, atol=BF16_LOSS_RTOL)
+        if DTYPE == torch.bfloat16
+        else dict(rtol=1e-4, atol=1e-5)
+    )
+    mean_own = (own_BT * mask_BT).sum(1) / mask_BT.sum(1)
+    torch.testing.assert_close(torch.tensor(trainer._mean_completion_logps(inputs)), mean_own, **tol)
+    row = int(inputs["prompt_mask"].sum(1).argmax())  # a prompt without padding: the same positions
+    n = int(mask_BT[row].sum())
+    sequence = (inputs["prompt_ids"][row].tolist(), inputs["completion_ids"][row, :n].tolist())
+    logps = completion_logprobs(trainer.model, [sequence, sequence], temperature=trainer.args.temperature)
+    torch.testing.assert_close(torch.tensor(logps), own_BT[row, :n].expand(2, n), **tol)
 
 
 PLAIN = OPTIMISATIONS_OFF  # the plain path: every teacher-pass optimisation off
@@ -176,24 +259,7 @@ def test_chunked_head_matches_naive_full_logits_through_the_trainer(tmp_path, an
         trainer, inputs, analytic_distill_head=analytic, distill_grad_cache_mb=grad_cache_mb
     )
 
-    # naive: [B, T, V] logits of both passes, Eq. 13 on them, Eq. 10's aggregation
-    model, T = trainer.model, inputs["completion_ids"].size(1)
-    model.zero_grad()
-    rows = torch.arange(inputs["completion_ids"].size(0), device=inputs["completion_ids"].device)
-    teacher_ids, teacher_mask = trainer.teacher_batch(inputs, rows)
-    with torch.no_grad():
-        teacher_logits = model(input_ids=teacher_ids, attention_mask=teacher_mask).logits[:, -T - 1 : -1]
-    student_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-    student_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-    student_logits = model(input_ids=student_ids, attention_mask=student_mask).logits[:, -T - 1 : -1]
-    teacher_logits, student_logits = teacher_logits.float(), student_logits.float()  # Eq. 13 in fp32
-    temperature = trainer.args.temperature
-    div = token_divergence(teacher_logits / temperature, student_logits / temperature)
-    keep = inputs["completion_mask"].float() * inputs["distill_mask"][:, None].float()
-    loss = aggregate(div, keep, "sequence_mean")
-    loss.backward()
-    naive = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    _assert_same(naive, chunked)
+    _assert_same(_own_logits_loss_and_grads(trainer, inputs), chunked)
 
 
 @pytest.mark.parametrize("logp_grad", [False, True])  # log pS(o_t) gets a gradient with the reference KL
@@ -242,3 +308,27 @@ def test_worked_out_gradient_head_in_bfloat16_stays_close_to_float32():
     assert student16.grad.dtype == torch.bfloat16 and head16.weight.grad.dtype == torch.bfloat16
     torch.testing.assert_close(div16, div32.detach(), rtol=0.05, atol=0.02)
     torch.testing.assert_close(student16.grad.float(), grad32, rtol=0.05, atol=0.02)
+
+
+# The families whose teacher-pass optimisations fall back to the plain path, and the reason's key words.
+PREFIX_FALLS_BACK = {"mistral": "[0, 1] of 2", "gemma2": "[0] of 2", "gemma3": "[0, 1] of 2"}
+HEAD_FALLS_BACK = {"gemma2": "final_logit_softcapping=0.5"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_gets_its_own_logits_loss_and_gradients_on_both_paths(tmp_path, family, caplog):
+    with caplog.at_level(logging.WARNING, logger="hsd.trainer.trainer"):
+        trainer = _trainer(tmp_path, family, beta=0.05, divergence_chunk_size=7)  # several head chunks
+        inputs = trainer.inputs
+        own = _own_logits_loss_and_grads(trainer, inputs)
+        _assert_same(own, _loss_and_grads(trainer, inputs, **PLAIN))
+        _assert_same(own, _loss_and_grads(trainer, inputs, **FAST))  # a second step: no second log line
+        _assert_logp_readers_give_own_logps(trainer, inputs)
+    config = trainer.model.config
+    assert (shared_prefix_refusal(config) is None) == (family not in PREFIX_FALLS_BACK)
+    assert (analytic_head_refusal(config) is None) == (family not in HEAD_FALLS_BACK)
+    lines = [r.getMessage() for r in caplog.records if type(trainer.model).__name__ in r.getMessage()]
+    expected = [PREFIX_FALLS_BACK.get(family), HEAD_FALLS_BACK.get(family)]
+    assert len(lines) == (expected != [None, None])
+    for words in filter(None, expected):
+        assert words in lines[0]
