@@ -7,6 +7,7 @@ wrapped model runs it with the engine's hooks, and [B, T, V] logits never exist 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -340,12 +341,23 @@ def teacher_student_kl(
     )
 
 
-def set_distill_head(model, analytic: bool, keep_grad_mb: float = 0) -> None:
-    """Choose the student pass's head: the worked-out gradient (`teacher_student_kl`, keeping the logit
-    gradient from the forward up to `keep_grad_mb` MiB) where it applies, or autograd through checkpointed
-    chunks (`fused_distillation`) always."""
-    model._hsd_analytic_head = bool(analytic)
-    model._hsd_keep_grad_bytes = float(keep_grad_mb) * 2**20
+@dataclass(frozen=True)
+class DistillSpec:
+    """What the student pass distils (`model(..., hsd_distill=DistillSpec(...))`): the tensors, the
+    divergence settings (Eq. 13 by default) and the head that computes it."""
+
+    completion_ids: torch.Tensor  # [B, T] the sampled tokens o_t
+    positions: torch.Tensor  # bool [B, T]: where the divergence is computed
+    teacher_hidden: torch.Tensor  # [B, T, H] the teacher pass's final hidden states (stop-gradient)
+    kind: str = "kl_teacher_student"  # the divergence (`hsd.core.losses.token_divergence`)
+    temperature: float = 1.0  # both sides' logits are divided by it
+    alpha: float | None = None  # the divergence's mixing weight, where it has one
+    topk: int | None = None  # restrict the divergence to the teacher's top-k tokens
+    clip: float | None = None  # clip each token's divergence at this value
+    chunk_size: int = 1024  # positions per chunk of [chunk, V] logits
+    teacher_temperature: float = 1.0  # the teacher is pT^(1/teacher_temperature), renormalised
+    analytic_head: bool = True  # the worked-out gradient (`teacher_student_kl`) where it applies
+    keep_grad_bytes: float = 0  # keep the [N, V] logit gradient from the forward up to this many bytes
 
 
 def install_hsd_forward(model) -> None:
@@ -356,9 +368,9 @@ def install_hsd_forward(model) -> None:
     - `model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=dict(prefix_of_row, completion_ids,
       completion_mask))` -> the same hidden states for [prefix ; completion] rows, each distinct prefix run
       once and its KV cache shared (`hsd.teacher.prefix`).
-    - `model(input_ids, attention_mask, hsd_distill=dict(...))` -> `DistillTerms` (divergence, student and
-      teacher log p(o_t), student and teacher entropies) at the selected completion positions, from one
-      backbone pass (the student pass).
+    - `model(input_ids, attention_mask, hsd_distill=DistillSpec(...))` -> `DistillTerms` (divergence,
+      student and teacher log p(o_t), student and teacher entropies) at the selected completion positions,
+      from one backbone pass (the student pass).
     """
     if getattr(model, "_hsd_forward_installed", False):
         return
@@ -370,7 +382,7 @@ def install_hsd_forward(model) -> None:
         *args,
         hsd_hidden: int | None = None,
         hsd_prefix: dict | None = None,
-        hsd_distill: dict | None = None,
+        hsd_distill: DistillSpec | None = None,
         **kwargs,
     ):
         if hsd_hidden is None and hsd_distill is None and hsd_prefix is None:
@@ -384,42 +396,37 @@ def install_hsd_forward(model) -> None:
         if hsd_hidden is not None:
             return hidden[:, -hsd_hidden - 1 : -1]
         spec = hsd_distill
-        T = spec["completion_ids"].size(1)
+        T = spec.completion_ids.size(1)
         student_BTH = hidden[:, -T - 1 : -1]
         lm_head = self.get_output_embeddings()
         head = output_head(self)  # soft-capped logits: no plain linear head, autograd on chunks serves it
-        positions = spec["positions"]  # bool [B, T]: where the divergence is computed
-        token_ids = spec["completion_ids"][positions]
-        student_NH = student_BTH[positions].to(lm_head.weight.dtype)
-        teacher_NH = spec["teacher_hidden"][positions].to(lm_head.weight.dtype)
-        if (
-            getattr(self, "_hsd_analytic_head", True)
-            and token_ids.numel()
-            and analytic_head_supported(head, spec["kind"])
-        ):
+        token_ids = spec.completion_ids[spec.positions]
+        student_NH = student_BTH[spec.positions].to(lm_head.weight.dtype)
+        teacher_NH = spec.teacher_hidden[spec.positions].to(lm_head.weight.dtype)
+        if spec.analytic_head and token_ids.numel() and analytic_head_supported(head, spec.kind):
             return teacher_student_kl(
                 teacher_NH,
                 student_NH,
                 token_ids,
                 lm_head,
-                temperature=spec["temperature"],
-                clip=spec.get("clip"),
-                chunk_size=spec.get("chunk_size", 1024),
-                keep_grad_bytes=getattr(self, "_hsd_keep_grad_bytes", 0),
-                teacher_temperature=spec.get("teacher_temperature", 1.0),
+                temperature=spec.temperature,
+                clip=spec.clip,
+                chunk_size=spec.chunk_size,
+                keep_grad_bytes=spec.keep_grad_bytes,
+                teacher_temperature=spec.teacher_temperature,
             )
         return fused_distillation(
             teacher_NH,
             student_NH,
             token_ids,
             head,
-            kind=spec["kind"],
-            temperature=spec["temperature"],
-            alpha=spec.get("alpha"),
-            topk=spec.get("topk"),
-            clip=spec.get("clip"),
-            chunk_size=spec.get("chunk_size", 1024),
-            teacher_temperature=spec.get("teacher_temperature", 1.0),
+            kind=spec.kind,
+            temperature=spec.temperature,
+            alpha=spec.alpha,
+            topk=spec.topk,
+            clip=spec.clip,
+            chunk_size=spec.chunk_size,
+            teacher_temperature=spec.teacher_temperature,
         )
 
     model.forward = forward.__get__(model)

@@ -43,7 +43,7 @@ from hsd.trainer.engines import (
     prepare_copy,
     teacher_stop_gradient,
 )
-from hsd.trainer.forward import DistillTerms, analytic_head_refusal, install_hsd_forward, set_distill_head
+from hsd.trainer.forward import DistillSpec, DistillTerms, analytic_head_refusal, install_hsd_forward
 from hsd.trainer.interrupt import StopOnSignal
 
 logger = logging.getLogger(__name__)
@@ -489,9 +489,6 @@ class HSDTrainer(GRPOTrainer):
         completion_ids = inputs["completion_ids"]
         T = completion_ids.size(1)
         teacher = self.teacher_model if self.teacher_model is not None else model
-        set_distill_head(
-            self.accelerator.unwrap_model(model), args.analytic_distill_head, args.distill_grad_cache_mb
-        )
         if not args.skip_undistilled_teacher:
             rows = torch.ones_like(rows, dtype=torch.bool)
         index = rows.nonzero(as_tuple=True)[0]
@@ -530,7 +527,7 @@ class HSDTrainer(GRPOTrainer):
         """One student pass: `DistillTerms`, each [B, T] (zero off `positions`)."""
         args = self.args
         completion_ids = inputs["completion_ids"]
-        spec = dict(
+        spec = DistillSpec(
             completion_ids=completion_ids,
             positions=positions,
             teacher_hidden=teacher_hidden,
@@ -541,6 +538,8 @@ class HSDTrainer(GRPOTrainer):
             clip=args.divergence_clip,
             chunk_size=args.divergence_chunk_size,
             teacher_temperature=args.teacher_temperature,
+            analytic_head=args.analytic_distill_head,
+            keep_grad_bytes=float(args.distill_grad_cache_mb) * 2**20,
         )
         with self._timed("student_forward"):
             terms = model(
