@@ -2,7 +2,7 @@
 one recipe and budget, one `hsd compare` run at a time, then the paired statistics against GRPO.
 
     python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4     # resumable: finished runs are kept
-    python benchmarks/study.py report [CELL ...] [--report NAME]          # tables, JSON and plots
+    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL]  # tables, JSON, plots
     python benchmarks/study.py commands CELL                              # the exact hsd compare command
 
 Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out runs/study/CELL
@@ -115,15 +115,14 @@ def load(cells: list[str]) -> list[dict]:
     return results
 
 
-def report(cells: list[str], name: str = "report") -> None:
+def report(cells: list[str], name: str = "report", baseline: str = "grpo") -> None:
     from hsd.compare import write_comparison
 
     results = load(cells)
     out = OUT / name
     out.mkdir(parents=True, exist_ok=True)
-    write_comparison(
-        results, out, baseline="grpo", command="python benchmarks/study.py report " + " ".join(cells)
-    )
+    argv = ["python", "benchmarks/study.py", "report", *cells, "--report", name, "--baseline", baseline]
+    write_comparison(results, out, baseline=baseline, command=shlex.join(argv))
     lines = diagnostics(cells, out)
     (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
     print((out / "comparison.md").read_text())
@@ -211,14 +210,15 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
     parser.add_argument("--report", default="report", help="report directory under runs/study")
+    parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
     args = parser.parse_args()
-    unknown = [c for c in args.cells if c not in CELLS]
+    unknown = [c for c in [*args.cells, args.baseline] if c not in CELLS]
     if unknown:
         raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
     if args.action == "run":
         run(args.cells, [int(s) for s in args.seeds.split(",") if s], validation=not args.no_validation)
     elif args.action == "report":
-        report(args.cells, args.report)
+        report(args.cells, args.report, args.baseline)
     else:
         for cell in args.cells:
             print(shlex.join(command(cell, args.seeds + ",", "$M", not args.no_validation)))
