@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 import traceback
+import warnings
 
 from hsd.errors import UserError
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print(f"hsd: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    # TRL 1.16's generation helper calls transformers' deprecated gradient_checkpointing_* names once per
+    # evaluation; a user can do nothing about it, so the command line does not repeat it.
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
     try:
         return run(name, rest)
     except UserError as exc:
