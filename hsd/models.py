@@ -7,6 +7,7 @@ installed; users with the internet can pass any hub id as usual.
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def testbed_options(name: str) -> tuple[int, dict]:
 
 def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **knobs) -> Path:
     """The directory of the testbed model `name` (see `testbed_options`), built first when the cache has no
-    build: a step of about 2 minutes (default knobs) that is announced through `announce` first."""
+    build: a step of about 2 minutes with the default knobs (longer chains take longer), announced through `announce` first."""
     from hsd.testbed.model import build_testbed_model, cache_root, cached_testbed_model
 
     seed, named = testbed_options(name)
@@ -65,9 +66,20 @@ def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **kn
     cached = cached_testbed_model(seed, cache_dir=cache_dir, **knobs)
     if cached is not None:
         return cached
+    took = (
+        "about 2 minutes on 2 idle cores"
+        if not knobs
+        else "with these knobs, longer than the default build's 2 minutes"
+    )
+    ahead = " ".join(
+        [
+            f"hsd testbed build --seed {seed}",
+            *(f"--knob {k}={json.dumps(v, separators=(',', ':'))}" for k, v in knobs.items()),
+        ]
+    )
     announce(
-        f"model {name!r}: no build in {cache_root(cache_dir)} yet; pretraining it now (about 2 minutes on 2 idle "
-        f"cores; `hsd testbed build --seed {seed}` does this step ahead of time)"
+        f"model {name!r}: no build in {cache_root(cache_dir)} yet; pretraining it now ({took}; "
+        f"`{ahead}` does this step ahead of time)"
     )
     return build_testbed_model(seed=seed, cache_dir=cache_dir, **knobs)
 
