@@ -1,13 +1,14 @@
-"""The long-chain study in docs/results.md: every cell (a method preset plus HSDConfig overrides) x seeds on
-one recipe and budget, one `hsd compare` run at a time, then the paired statistics against GRPO.
+"""The study in docs/results.md: every cell (a method preset plus HSDConfig overrides) x seeds on one
+testbed, recipe and budget, one `hsd compare` run at a time, then the paired statistics against a baseline.
 
-    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4     # resumable: finished runs are kept
-    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL]  # tables, JSON, plots
-    python benchmarks/study.py commands CELL                              # the exact hsd compare command
+    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4 [--testbed T]  # resumable
+    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL] [--testbed T]
+    python benchmarks/study.py commands CELL [--testbed T]               # the exact hsd compare command
 
-Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out runs/study/CELL
-...` with the long-chain testbed model, training and held-out data below; every cell gets the same steps,
-questions and rollouts (the quick-start recipe's: 30 steps of 4 questions x 8 rollouts).
+Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out
+runs/study/[TESTBED/]CELL ...` with the testbed's model, training and held-out data (TESTBEDS: the long
+chains by default, the quick start's own 4-step chains, and the multi-path variant of each); every cell
+gets the same steps, questions and rollouts (the quick-start recipe's: 30 steps of 4 questions x 8).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "study"
-BUILD = [  # fmt: skip
+LONG_BUILD = [
     "hsd",
     "testbed",
     "build",
@@ -33,14 +35,51 @@ BUILD = [  # fmt: skip
     "--knob",
     "error_rate=0.05",
 ]
-DATA = "testbed:chain?variant=single&steps=16&n={n}&split={split}"
-COMMON = [
-    "--eval-every", "10", "--eval-limit", "128", "--eval-k", "4",
-    "--dataset", DATA.format(n=2048, split="train"),
-    "--eval-dataset", DATA.format(n=128, split="test"),
-    "--max_completion_length", "128",
-]  # fmt: skip
-VALIDATION = ["--validation-dataset", DATA.format(n=128, split="validation")]
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """A testbed model and its task: the build command (its last output line is the model's path), the
+    dataset URI (with {n} and {split}), the completion budget and where the runs go."""
+
+    build: list[str]
+    data: str
+    max_completion_length: int
+    out: Path
+
+
+TESTBEDS = {
+    # 16-step chains, one correct solution per problem: where one sequence-level reward is spread thinnest
+    "long": Testbed(LONG_BUILD, "testbed:chain?variant=single&steps=16&n={n}&split={split}", 128, OUT),
+    # the same model on the multi-path variant (several correct solutions: what the peer rule chooses among)
+    "long-multi": Testbed(
+        LONG_BUILD, "testbed:chain?variant=multi&steps=16&n={n}&split={split}", 128, OUT / "multi"
+    ),
+    # the quick start's own testbed and task (4-step chains, 80-token completions)
+    "quickstart": Testbed(
+        ["hsd", "testbed", "build"],
+        "testbed:chain?variant=single&n={n}&split={split}",
+        80,
+        OUT / "quickstart",
+    ),
+    "quickstart-multi": Testbed(
+        ["hsd", "testbed", "build"], "testbed:chain?variant=multi&n={n}&split={split}", 80, OUT / "qs-multi"
+    ),
+}
+
+
+def common(testbed: Testbed, validation: bool) -> list[str]:
+    """The flags every cell shares on `testbed`: data, evaluation schedule and completion budget."""
+    flags = [
+        "--eval-every", "10", "--eval-limit", "128", "--eval-k", "4",
+        "--dataset", testbed.data.format(n=2048, split="train"),
+        "--eval-dataset", testbed.data.format(n=128, split="test"),
+        "--max_completion_length", str(testbed.max_completion_length),
+    ]  # fmt: skip
+    if validation:
+        flags += ["--validation-dataset", testbed.data.format(n=128, split="validation")]
+    return flags
+
 
 # cell -> (method preset, HSDConfig overrides); hsd cells keep the quick start's EMA teacher
 CELLS: dict[str, tuple[str, list[str]]] = {
@@ -62,6 +101,9 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "hsd-kl-st-no-successes": ("hsd", ["--divergence", "kl_student_teacher", "--distill_successes", "false"]),
     "hsd-kl-st-lowest-ppl": ("hsd", ["--divergence", "kl_student_teacher", "--peer_rule", "lowest_ppl"]),
     "hsd-kl-st-live": ("hsd", ["--divergence", "kl_student_teacher", "--teacher_weights", "live"]),
+    "hsd-kl-st-highest-ppl": ("hsd", ["--divergence", "kl_student_teacher", "--peer_rule", "highest_ppl"]),
+    "hsd-kl-st-first": ("hsd", ["--divergence", "kl_student_teacher", "--peer_rule", "first"]),
+    "hsd-kl-st-peer-only": ("hsd", ["--divergence", "kl_student_teacher", "--context", "peer"]),
     "hsd-mix-from-tau": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--distill_positions", "from_tau"]),
     "hsd-mix-tt0.5": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5"]),
     "live": ("hsd", ["--teacher_weights", "live"]),
@@ -76,54 +118,57 @@ CELLS: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 
 
-def model_dir() -> str:
-    """The long-chain testbed model (built once, then read from the cache: the last line is its path)."""
-    out = subprocess.run(BUILD, check=True, capture_output=True, text=True).stdout
+def model_dir(testbed: Testbed) -> str:
+    """The testbed's model (built once, then read from the cache: the last line is its path)."""
+    out = subprocess.run(testbed.build, check=True, capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1]
 
 
-def command(cell: str, seeds: str, model: str, validation: bool = True) -> list[str]:
+def command(testbed: Testbed, cell: str, seeds: str, model: str, validation: bool = True) -> list[str]:
     method, overrides = CELLS[cell]
     return [
         "hsd", "compare", "--config", "configs/quickstart.yaml", "--methods", method, "--seeds", seeds,
-        "--out", f"runs/study/{cell}", "--model", model, *COMMON, *(VALIDATION if validation else []),
+        "--out", str((testbed.out / cell).relative_to(ROOT)), "--model", model, *common(testbed, validation),
         *overrides,
     ]  # fmt: skip
 
 
-def run(cells: list[str], seeds: list[int], validation: bool = True) -> None:
+def run(testbed: Testbed, cells: list[str], seeds: list[int], validation: bool = True) -> None:
     """One training at a time, one torch thread, under its own lock (seed-major: every cell gets seed 0
     before any gets seed 1)."""
-    model = model_dir()
+    model = model_dir(testbed)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for seed in seeds:
         for cell in cells:
-            if (OUT / cell / CELLS[cell][0] / f"seed-{seed}" / "done.json").exists():
+            if (testbed.out / cell / CELLS[cell][0] / f"seed-{seed}" / "done.json").exists():
                 continue
-            argv = ["flock", "/tmp/hsd-study.lock", *command(cell, f"{seed},", model, validation)]
+            argv = ["flock", "/tmp/hsd-study.lock", *command(testbed, cell, f"{seed},", model, validation)]
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
-def load(cells: list[str]) -> list[dict]:
+def load(out: Path, cells: list[str]) -> list[dict]:
     """Every finished run of the cells, labelled with its cell as the method (for `write_comparison`)."""
     results = []
     for cell in cells:
-        for done in sorted((OUT / cell / CELLS[cell][0]).glob("seed-*/done.json")):
+        for done in sorted((out / cell / CELLS[cell][0]).glob("seed-*/done.json")):
             run = json.loads(done.read_text())
             results.append({**run, "method": cell, "run_dir": str(done.parent)})
     return results
 
 
-def report(cells: list[str], name: str = "report", baseline: str = "grpo") -> None:
+def report(testbed_name: str, cells: list[str], name: str = "report", baseline: str = "grpo") -> None:
     from hsd.compare import write_comparison
 
-    results = load(cells)
-    out = OUT / name
+    testbed = TESTBEDS[testbed_name]
+    results = load(testbed.out, cells)
+    out = testbed.out / name
     out.mkdir(parents=True, exist_ok=True)
     argv = ["python", "benchmarks/study.py", "report", *cells, "--report", name, "--baseline", baseline]
+    if testbed_name != "long":
+        argv += ["--testbed", testbed_name]
     write_comparison(results, out, baseline=baseline, command=shlex.join(argv))
-    lines = diagnostics(cells, out)
+    lines = diagnostics(testbed.out, cells, out)
     (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
     print((out / "comparison.md").read_text())
     print("\n".join(lines))
@@ -134,7 +179,7 @@ DIAGNOSED = ("hsd", "hsd-tt0.5", "hsd-mix", "hsd-kl-st", "hsd-mix-no-fallback") 
 WINDOWS = {"steps 1-5": range(1, 6), "steps 26-30": range(26, 31)}
 
 
-def diagnostics(cells: list[str], out: Path) -> list[str]:
+def diagnostics(runs: Path, cells: list[str], out: Path) -> list[str]:
     """The teacher / student diagnostics of each cell with a teacher: early against late means (over steps
     and seeds) as a markdown table, and per-step curves in diagnostics.png."""
     import statistics
@@ -149,7 +194,7 @@ def diagnostics(cells: list[str], out: Path) -> list[str]:
     per_cell = {}
     for cell in cells:
         rows = []
-        for run in sorted((OUT / cell / CELLS[cell][0]).glob("seed-*/metrics.jsonl")):
+        for run in sorted((runs / cell / CELLS[cell][0]).glob("seed-*/metrics.jsonl")):
             rows += [
                 json.loads(line) for line in run.read_text().splitlines() if "hsd/teacher_p_token" in line
             ]
@@ -211,17 +256,20 @@ def main() -> int:
     parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
     parser.add_argument("--report", default="report", help="report directory under runs/study")
     parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
+    parser.add_argument("--testbed", choices=TESTBEDS, default="long", help="testbed model and task")
     args = parser.parse_args()
     unknown = [c for c in [*args.cells, args.baseline] if c not in CELLS]
     if unknown:
         raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
     if args.action == "run":
-        run(args.cells, [int(s) for s in args.seeds.split(",") if s], validation=not args.no_validation)
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        run(TESTBEDS[args.testbed], args.cells, seeds, validation=not args.no_validation)
     elif args.action == "report":
-        report(args.cells, args.report, args.baseline)
+        report(args.testbed, args.cells, args.report, args.baseline)
     else:
         for cell in args.cells:
-            print(shlex.join(command(cell, args.seeds + ",", "$M", not args.no_validation)))
+            argv = command(TESTBEDS[args.testbed], cell, args.seeds + ",", "$M", not args.no_validation)
+            print(shlex.join(argv))
     return 0
 
 
