@@ -23,26 +23,27 @@ ACCEPTS_OVERRIDES = True  # extra --field value pairs override the recipe for ev
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
-class HeldOutAccuracy(TrainerCallback):
-    """Every `every` optimizer steps (and at step 0): pass@1 on held-out problems, logged as eval/accuracy."""
+@dataclasses.dataclass(frozen=True)
+class HeldOutSet:
+    """Problems evaluated during training: where their accuracy is appended (jsonl) and under which name it
+    is logged."""
 
-    def __init__(
-        self,
-        problems,
-        *,
-        every: int,
-        k: int,
-        temperature: float,
-        max_new_tokens: int,
-        path: Path,
-        seed: int = 0,
-        metric: str = "eval/accuracy",
-    ):
-        self.problems, self.every, self.k, self.temperature = problems, every, k, temperature
-        self.max_new_tokens, self.path, self.seed, self.metric = max_new_tokens, Path(path), seed, metric
+    problems: list
+    path: Path
+    metric: str = "eval/accuracy"
+
+
+class HeldOutAccuracy(TrainerCallback):
+    """Every `every` optimizer steps (and at step 0): pass@1 on each held-out set, logged under its metric.
+    One callback for every set (transformers warns when a callback class is added twice)."""
+
+    def __init__(self, sets: list[HeldOutSet], *, every: int, k: int, temperature: float, max_new_tokens: int,
+                 seed: int = 0):  # fmt: skip
+        self.sets, self.every, self.k, self.temperature = sets, every, k, temperature
+        self.max_new_tokens, self.seed = max_new_tokens, seed
         self.trainer = None
 
-    def _measure(self, model, tokenizer, step: int) -> float:
+    def _measure(self, model, tokenizer, held_out: HeldOutSet, step: int) -> float:
         from hsd.eval import evaluate
 
         was_training = model.training
@@ -50,7 +51,7 @@ class HeldOutAccuracy(TrainerCallback):
         summary = evaluate(
             model,
             tokenizer,
-            self.problems,
+            held_out.problems,
             k=self.k,
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
@@ -60,26 +61,35 @@ class HeldOutAccuracy(TrainerCallback):
         )
         model.train(was_training)
         accuracy = summary["pass@1"]
-        with self.path.open("a") as f:
+        with held_out.path.open("a") as f:
             f.write(json.dumps({"step": step, "accuracy": accuracy}) + "\n")
         return accuracy
 
-    def _done_steps(self) -> set[int]:
-        if not self.path.exists():
+    @staticmethod
+    def _done_steps(held_out: HeldOutSet) -> set[int]:
+        if not held_out.path.exists():
             return set()
-        return {json.loads(line)["step"] for line in self.path.read_text().splitlines() if line.strip()}
+        lines = held_out.path.read_text().splitlines()
+        return {json.loads(line)["step"] for line in lines if line.strip()}
+
+    def _measure_all(self, model, tokenizer, step: int) -> dict[str, float]:
+        """Each set not yet measured at `step` (a resumed run does not measure a step twice)."""
+        return {
+            held_out.metric: self._measure(model, tokenizer, held_out, step)
+            for held_out in self.sets
+            if step not in self._done_steps(held_out)
+        }
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if state.global_step == 0 and 0 not in self._done_steps() and state.is_world_process_zero:
-            self._measure(model, processing_class, 0)
+        if state.global_step == 0 and state.is_world_process_zero:
+            self._measure_all(model, processing_class, 0)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         step = state.global_step
         if (step % self.every == 0 or step == state.max_steps) and state.is_world_process_zero:
-            if step not in self._done_steps():
-                accuracy = self._measure(model, processing_class, step)
-                if self.trainer is not None:
-                    self.trainer.log({self.metric: accuracy})
+            accuracies = self._measure_all(model, processing_class, step)
+            if accuracies and self.trainer is not None:
+                self.trainer.log(accuracies)
 
 
 class LiveProgress(TrainerCallback):
@@ -148,31 +158,23 @@ def run_method(
     script, args = load_recipe(None, values)
     write_recipe(out, script, args)
     callbacks = [LiveProgress(f"{method} seed {seed}", console)]
-    held_out = []
-    for problems, name, metric in (
-        (eval_problems, "eval.jsonl", "eval/accuracy"),
-        (validation_problems, "validation.jsonl", "eval/validation_accuracy"),
-    ):
-        if problems:
-            held_out.append(
-                HeldOutAccuracy(
-                    problems,
-                    every=eval_every,
-                    k=eval_k,
-                    temperature=eval_temperature,
-                    max_new_tokens=args.max_completion_length,
-                    path=out / name,
-                    seed=seed,
-                    metric=metric,
-                )
-            )
-    callbacks += held_out
-    trainer = build_trainer(script, args, callbacks=callbacks)
+    sets = [
+        HeldOutSet(problems, out / name, metric)
+        for problems, name, metric in (
+            (eval_problems, "eval.jsonl", "eval/accuracy"),
+            (validation_problems, "validation.jsonl", "eval/validation_accuracy"),
+        )
+        if problems
+    ]
+    held_out = HeldOutAccuracy(
+        sets, every=eval_every, k=eval_k, temperature=eval_temperature,
+        max_new_tokens=args.max_completion_length, seed=seed,
+    )  # fmt: skip
+    trainer = build_trainer(script, args, callbacks=[*callbacks, held_out] if sets else callbacks)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # LiveProgress prints one line per step instead
-    for callback in held_out:
-        callback.trainer = trainer
+    held_out.trainer = trainer
     start = time.time()
     resume = True if any(out.glob("checkpoint-*")) else None
     with save_bars_off():  # one line per step: no "Writing model shards" bar between them

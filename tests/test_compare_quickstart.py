@@ -65,11 +65,13 @@ def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, 
         "grpo",
     ]
     command += ["--eval-dataset", "testbed:chain?variant=single&n=6&split=test", "--eval-limit", "6"]
+    command += ["--validation-dataset", "testbed:chain?variant=single&n=4&split=validation"]
     run = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     # the live display is one line per step: no save progress bar; the config names no deprecated field
     # (TRL's own generation helper still calls transformers' deprecated gradient_checkpointing_* methods)
     assert "Writing model shards" not in run.stdout + run.stderr
     assert "`gradient_checkpointing` is deprecated" not in run.stderr, run.stderr
+    assert "there is already one" not in run.stderr, run.stderr  # one held-out callback for both sets
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed-*/done.json"))]
     assert len(results) == 6
     assert {p: p.read_text() for p in out.glob("*/seed-0/done.json")} == done_files  # not rerun
@@ -102,6 +104,10 @@ def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, 
         assert [s for s, _ in summary["accuracy_curve"]] == [0, 1, 2]  # before training and every step
         assert (run / "final" / "model.safetensors").exists()
         assert (run / "recipe.json").exists()
+        if summary["seed"] > 0:  # the command-line runs evaluated the validation split too, at each step
+            assert [json.loads(line)["step"] for line in (run / "validation.jsonl").open()] == [0, 1, 2]
+            logged = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+            assert sum("eval/validation_accuracy" in m and "eval/accuracy" in m for m in logged) == 2
 
 
 def test_methods_at_one_seed_share_the_data_order(tiny_model_dir, tmp_path):
