@@ -79,3 +79,30 @@ def test_sigterm_saves_exits_75_and_the_rerun_reproduces_the_uninterrupted_losse
     assert steps == list(range(1, STEPS + 1))  # each step once, though steps 1..step ran before the signal
     assert [row["loss"] for row in loss_rows(out)] == [row["loss"] for row in loss_rows(whole)]
     assert os.path.isdir(out / "final")
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once_without_a_checkpoint_and_the_rerun_starts_clean(
+    tiny_model_dir, tmp_path
+):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command(tiny_model_dir, out), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and any(r["step"] >= 2 for r in loss_rows(out))):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    # two different signals back to back: both are pending when Python next runs its handlers
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode in (-signal.SIGINT, -signal.SIGTERM), (proc.returncode, stderr[-2000:])
+    assert (
+        "received: finishing this step" in stderr
+        and "again: stopping at once, without a checkpoint" in stderr
+    )
+    assert not list(out.glob("checkpoint-*")) and not (out / "final").exists()
+
+    rerun = subprocess.run(command(tiny_model_dir, out), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "stale" in rerun.stderr  # the killed run's lock is taken over, with a warning
+    assert [row["step"] for row in loss_rows(out)] == list(range(1, STEPS + 1))  # no step of the killed run
