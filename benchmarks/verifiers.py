@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.tasks.code import isolation
 from hsd.tasks.datasets import data_dir, load_problems
 from hsd.tasks.math import warm_workers
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         rewards, seconds = score(args.workers, completions, [p.answer for p in problems], math_shortcut=False)
         result["math500_answers"] = len(problems)
         result["math500_answers_per_s"] = round(len(problems) / seconds, 1)
-        result["math500_self_verified"] = sum(r == 1.0 for r in rewards)
+        result["math500_self_verified"] = sum(r >= SUCCESS_THRESHOLD for r in rewards)
     for name, count in (("humaneval", args.humaneval), ("mbppplus", args.mbppplus)):
         if not count:
             continue
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         rewards, seconds = score(args.workers, solved(problems), problems)
         result[f"{name}_solutions"] = len(problems)
         result[f"{name}_solutions_per_s"] = round(len(problems) / seconds, 2)
-        result[f"{name}_passed"] = sum(r == 1.0 for r in rewards)
-        result[f"{name}_failed"] = [p.id for p, r in zip(problems, rewards) if r != 1.0]
+        result[f"{name}_passed"] = sum(r >= SUCCESS_THRESHOLD for r in rewards)
+        result[f"{name}_failed"] = [p.id for p, r in zip(problems, rewards) if r < SUCCESS_THRESHOLD]
     namespaces = [a.lstrip("-") for a in isolation()["prefix"][1:]]
     result["sandbox_namespaces"] = [n for n in namespaces if n in ("user", "net", "pid", "mount")]
     print(json.dumps(result))

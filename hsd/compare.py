@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.stats import curve_auc, mean_std, paired_difference
 
 ACCEPTS_OVERRIDES = True  # extra --field value pairs override the recipe for every run
@@ -38,9 +39,9 @@ class HeldOutAccuracy(TrainerCallback):
     One callback for every set (transformers warns when a callback class is added twice)."""
 
     def __init__(self, sets: list[HeldOutSet], *, every: int, k: int, temperature: float, max_new_tokens: int,
-                 seed: int = 0):  # fmt: skip
+                 seed: int = 0, success_threshold: float = SUCCESS_THRESHOLD):  # fmt: skip
         self.sets, self.every, self.k, self.temperature = sets, every, k, temperature
-        self.max_new_tokens, self.seed = max_new_tokens, seed
+        self.max_new_tokens, self.seed, self.success_threshold = max_new_tokens, seed, success_threshold
         self.trainer = None
 
     def _measure(self, model, tokenizer, held_out: HeldOutSet, step: int) -> float:
@@ -56,6 +57,7 @@ class HeldOutAccuracy(TrainerCallback):
             temperature=self.temperature,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed + step,
+            success_threshold=self.success_threshold,
             progress=False,
             batch_size=256,  # one generate call for a small model; memory is not the limit here
         )
@@ -168,7 +170,7 @@ def run_method(
     ]
     held_out = HeldOutAccuracy(
         sets, every=eval_every, k=eval_k, temperature=eval_temperature,
-        max_new_tokens=args.max_completion_length, seed=seed,
+        max_new_tokens=args.max_completion_length, seed=seed, success_threshold=args.success_threshold,
     )  # fmt: skip
     trainer = build_trainer(script, args, callbacks=[*callbacks, held_out] if sets else callbacks)
     from transformers.trainer_callback import PrinterCallback
@@ -463,14 +465,13 @@ def main(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
+    from hsd.core.methods import METHODS
     from hsd.errors import UserError
     from hsd.trainer.cli import parse_overrides, read_recipe
 
     recipe = read_recipe(args.config)
     recipe.update(parse_overrides(list(getattr(args, "overrides", []) or [])))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from hsd.trainer.config import METHODS
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")

@@ -14,18 +14,19 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.errors import UserError
 from hsd.sampling import (
     SamplingSettings,
-    decode,
+    VerifiedGroups,
+    add_sampling_arguments,
     eos_ids,
-    generate,
+    load_for_sampling,
     progress_bar,
-    prompt_ids,
-    set_cpu_threads,
+    sample_and_verify,
 )
 from hsd.tasks.problem import Problem
-from hsd.tasks.rewards import VERIFIERS, Verifier, verify_all, verify_problem
+from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -93,7 +94,7 @@ def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: d
     k = settings["k"]
     rewards = [[float(r) for r in rec["rewards"]] for rec in done]
     n_samples = sum(len(r) for r in rewards)
-    correct = [sum(r >= 1.0 for r in rs) for rs in rewards]  # a sample counts as solved at reward 1
+    correct = [sum(r >= settings["success_threshold"] for r in rs) for rs in rewards]  # solved samples
     mean = sum(correct) / n_samples if n_samples else None
     mean_reward = sum(map(sum, rewards)) / n_samples if n_samples else None  # with any partial credit
     lengths = [n for rec in done for n in rec.get("num_tokens", [])]
@@ -120,6 +121,91 @@ def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: d
     return summary
 
 
+def _eval_settings(
+    k: int, sampling: SamplingSettings, seed: int, batch_size: int, info, success_threshold
+) -> dict:
+    """What summary.json records of the run; `info` (e.g. model and dataset names) comes first."""
+    return {
+        **(info or {}),
+        "k": k,
+        "greedy": sampling.greedy,
+        "temperature": None if sampling.greedy else sampling.temperature,
+        "top_p": None if sampling.greedy else sampling.top_p,
+        "max_new_tokens": sampling.max_new_tokens,
+        "seed": seed,
+        "batch_size": batch_size,
+        "success_threshold": success_threshold,
+    }
+
+
+def _check_unique_ids(problems: Sequence[Problem]) -> None:
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"problems: id {duplicate!r} appears more than once; ids must be unique to resume")
+
+
+class _EvalFiles:
+    """The run's records and its files (samples.jsonl and summary.json, or none without `out_dir`): the
+    records read back on resume, each new one appended and synced, the summary replaced atomically."""
+
+    def __init__(self, out_dir: str | Path | None, problems: Sequence[Problem], settings: dict):
+        self.problems, self.settings, self.started = problems, settings, time.perf_counter()
+        self.samples = self.summary_path = None
+        self.records: dict[str, dict] = {}
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            self.samples, self.summary_path = out / SAMPLES_FILE, out / SUMMARY_FILE
+            _check_resume(self.summary_path, settings)
+            self.records = _read_records(self.samples)
+        self.todo = [(i, p) for i, p in enumerate(problems) if p.id not in self.records]
+        self.resumed, self.computed = len(problems) - len(self.todo), 0
+
+    def append(self, records: list[dict]) -> None:
+        """Keep the records of newly scored problems; with files, append them and rewrite the summary."""
+        self.records.update((record["id"], record) for record in records)
+        self.computed += len(records)
+        if self.samples is not None:
+            with open(self.samples, "a") as handle:
+                handle.writelines(json.dumps(record) + "\n" for record in records)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.write_summary()
+
+    def write_summary(self) -> dict:
+        """The summary so far (`summarize` and how the run went), written to summary.json with files."""
+        summary = summarize(self.problems, self.records, self.settings)
+        summary.update(
+            resumed_problems=self.resumed,
+            computed_problems=self.computed,
+            wall_s=round(time.perf_counter() - self.started, 2),
+        )
+        if self.summary_path is not None:
+            tmp = self.summary_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, self.summary_path)
+        return summary
+
+
+def _records(problems: Sequence[Problem], groups: VerifiedGroups, stop: set[int]) -> list[dict]:
+    """One samples.jsonl record per problem: rewards, reasons, completions, lengths, truncation."""
+    records = []
+    for problem, (rows, texts, verdicts) in zip(problems, groups.per_problem()):
+        records.append(
+            {
+                "id": problem.id,
+                "answer": problem.answer,
+                "rewards": [v.reward for v in verdicts],
+                "reasons": [v.reason for v in verdicts],
+                "completions": texts,
+                "num_tokens": [len(row) for row in rows],
+                "truncated": [not row or row[-1] not in stop for row in rows],
+            }
+        )
+    return records
+
+
 def evaluate(
     model,
     tokenizer,
@@ -135,103 +221,40 @@ def evaluate(
     out_dir: str | Path | None = None,
     verifier: Verifier = verify_problem,
     verify_workers: int = 2,
+    success_threshold: float = SUCCESS_THRESHOLD,
     progress: bool = True,
     info: dict | None = None,
 ) -> dict:
     """Sample k completions per problem (or one greedy one), verify them, and return the summary dict.
 
-    With `out_dir`, each problem's record is appended to samples.jsonl as soon as it is scored and
-    summary.json is rewritten after every chunk; problems already in samples.jsonl are not recomputed.
-    `info` (e.g. model and dataset names) is stored with the settings.
+    A sample is solved when its reward >= `success_threshold`. With `out_dir`, each problem's record is
+    appended to samples.jsonl as soon as it is scored and summary.json is rewritten after every chunk;
+    problems already in samples.jsonl are not recomputed. `info` (e.g. model and dataset names) is stored
+    with the settings.
     """
     if greedy:
         k = 1
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     sampling = SamplingSettings(temperature, top_p, max_new_tokens, greedy)
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise UserError(f"problems: id {duplicate!r} appears more than once; ids must be unique to resume")
-    settings = {
-        **(info or {}),
-        "k": k,
-        "greedy": greedy,
-        "temperature": None if greedy else temperature,
-        "top_p": None if greedy else top_p,
-        "max_new_tokens": max_new_tokens,
-        "seed": seed,
-        "batch_size": batch_size,
-    }
-    records: dict[str, dict] = {}
-    samples_path = summary_path = None
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        samples_path, summary_path = out / SAMPLES_FILE, out / SUMMARY_FILE
-        _check_resume(summary_path, settings)
-        records = _read_records(samples_path)
-    todo = [(i, p) for i, p in enumerate(problems) if p.id not in records]
-    resumed, computed = len(problems) - len(todo), 0
+    _check_unique_ids(problems)
+    settings = _eval_settings(k, sampling, seed, batch_size, info, success_threshold)
+    files = _EvalFiles(out_dir, problems, settings)
     stop = set(eos_ids(model, tokenizer))
-    start_time = time.perf_counter()
     chunk = max(1, (4 * batch_size) // k)  # problems per chunk: a few generation batches, then a write
-    bar = progress_bar(len(todo) * k, "eval", progress)
-    if resumed and progress:
-        bar.write(f"eval: resuming, {resumed} of {len(problems)} problems already scored")
-
-    def write_summary() -> dict:
-        summary = summarize(problems, records, settings)
-        summary.update(
-            resumed_problems=resumed,
-            computed_problems=computed,
-            wall_s=round(time.perf_counter() - start_time, 2),
-        )
-        if summary_path is not None:
-            tmp = summary_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, summary_path)
-        return summary
-
+    bar = progress_bar(len(files.todo) * k, "eval", progress)
+    if files.resumed and progress:
+        bar.write(f"eval: resuming, {files.resumed} of {len(problems)} problems already scored")
     try:
-        for c in range(0, len(todo), chunk):
-            part = todo[c : c + chunk]
-            chunk_problems = [p for _, p in part]
-            completions = generate(
-                model,
-                tokenizer,
-                [prompt_ids(tokenizer, p) for p in chunk_problems],
-                n=k,
-                settings=sampling,
-                batch_size=batch_size,
-                seed=seed + part[0][0] * k,
-                progress=bar,
-            )
-            texts = [[decode(tokenizer, row) for row in rows] for rows in completions]
-            verdicts = verify_all(chunk_problems, texts, verifier, verify_workers)
-            lines = []
-            for problem, rows, row_texts, row_verdicts in zip(chunk_problems, completions, texts, verdicts):
-                record = {
-                    "id": problem.id,
-                    "answer": problem.answer,
-                    "rewards": [v.reward for v in row_verdicts],
-                    "reasons": [v.reason for v in row_verdicts],
-                    "completions": row_texts,
-                    "num_tokens": [len(row) for row in rows],
-                    "truncated": [not row or row[-1] not in stop for row in rows],
-                }
-                records[problem.id] = record
-                lines.append(json.dumps(record) + "\n")
-            computed += len(part)
-            if samples_path is not None:
-                with open(samples_path, "a") as handle:
-                    handle.writelines(lines)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                write_summary()
+        for c in range(0, len(files.todo), chunk):
+            part = [p for _, p in files.todo[c : c + chunk]]
+            groups = sample_and_verify(model, tokenizer, part, verifier, n=k, settings=sampling,
+                                       batch_size=batch_size, seed=seed + files.todo[c][0] * k,
+                                       verify_workers=verify_workers, progress=bar)  # fmt: skip
+            files.append(_records(part, groups, stop))
     finally:
         bar.close()
-    return write_summary()
+    return files.write_summary()
 
 
 def format_summary(summary: dict) -> str:
@@ -263,36 +286,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--greedy", action="store_true", help="one greedy completion per problem instead")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="completion length cap (default 512)")
     parser.add_argument("--limit", type=int, default=None, help="the first N problems only")
-    parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
-    parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences generated at once (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--verifier", choices=sorted(VERIFIERS), default="task",
-                        help="task: the task's own verifier (default); last-number: math-verify on the last "
-                             "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
-    parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's, or 1 when the machine is already busy)")  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--success-threshold", type=float, default=SUCCESS_THRESHOLD,
+                        help=f"a sample is solved when its reward >= this (default {SUCCESS_THRESHOLD})")  # fmt: skip
+    add_sampling_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
-    from hsd.models import load_model, load_tokenizer, resolve_model
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(
         args.dataset, split=args.split, limit=args.limit, instruction=args.instruction, seed=args.seed
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = set_cpu_threads(args.threads)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=device)
+    loaded = load_for_sampling(args.model, args.device, args.threads)
     summary = evaluate(
-        model,
-        tokenizer,
+        loaded.model,
+        loaded.tokenizer,
         problems,
         k=args.k,
         temperature=args.temperature,
@@ -304,16 +314,15 @@ def main(args: argparse.Namespace) -> int:
         out_dir=args.out,
         verifier=VERIFIERS[args.verifier],
         verify_workers=args.verify_workers,
+        success_threshold=args.success_threshold,
         progress=not args.quiet,
         info={
             "model": args.model,
             "dataset": args.dataset,
             "limit": args.limit,
             "verifier": args.verifier,
-            "model_path": resolve_model(args.model).pretrained,  # where a name or alias resolved to
-            "device": device,
-            "threads": threads,
-        },
+            **loaded.info(),
+        },  # fmt: skip
     )
     print(format_summary(summary), file=sys.stderr)
     print(json.dumps({key: summary[key] for key in ("pass@1", "pass@k", "greedy", "n_done", "n_problems")}))

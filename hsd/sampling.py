@@ -4,12 +4,14 @@ Completions are kept as the exact token ids generated, up to and including the f
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from hsd.tasks.problem import Problem
+from hsd.tasks.problem import Problem, Verdict
+from hsd.tasks.rewards import VERIFIERS, Verifier, verify_all
 from hsd.teacher.prompt import tokenize_prompt
 
 
@@ -135,6 +137,48 @@ def decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+@dataclass
+class VerifiedGroups:
+    """`n` completions of each problem: token ids, the text the verifier read, and its verdicts."""
+
+    ids_PG: list[list[list[int]]]
+    texts_PG: list[list[str]]
+    verdicts_PG: list[list[Verdict]]
+
+    def per_problem(self):
+        """(ids_G, texts_G, verdicts_G) for each problem, in order."""
+        return zip(self.ids_PG, self.texts_PG, self.verdicts_PG)
+
+
+def sample_and_verify(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    verifier: Verifier,
+    *,
+    n: int,
+    settings: SamplingSettings,
+    batch_size: int,
+    seed: int,
+    verify_workers: int = 2,
+    progress=None,
+) -> VerifiedGroups:
+    """`generate` `n` completions from each problem's chat prompt, decode them and verify them
+    (`verify_workers` at a time)."""
+    ids_PG = generate(
+        model,
+        tokenizer,
+        [prompt_ids(tokenizer, p) for p in problems],
+        n=n,
+        settings=settings,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    texts_PG = [[decode(tokenizer, ids) for ids in ids_G] for ids_G in ids_PG]
+    return VerifiedGroups(ids_PG, texts_PG, verify_all(problems, texts_PG, verifier, verify_workers))
+
+
 def set_cpu_threads(threads: int | None = None) -> int:
     """Set torch's CPU threads: `threads`, else 1 when the load average already fills every core (OpenMP
     threads that wait on each other make a busy machine several times slower), else torch's default."""
@@ -147,6 +191,48 @@ def set_cpu_threads(threads: int | None = None) -> int:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to sample from, its tokenizer, and what it runs on."""
+
+    model: object
+    tokenizer: object
+    device: str
+    threads: int  # torch's CPU threads
+    path: str  # where the name or alias resolved to
+
+    def info(self) -> dict:
+        """The run's record of where the model came from and what it ran on."""
+        return {"model_path": self.path, "device": self.device, "threads": self.threads}
+
+
+def load_for_sampling(name: str, device: str | None = None, threads: int | None = None) -> LoadedModel:
+    """Pick the device (cuda when available), set torch's CPU threads (`set_cpu_threads`), then load the
+    tokenizer and the model (eval mode) from a hub id, a directory, a .gguf file or an alias."""
+    from hsd.models import load_model, load_tokenizer, resolve_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = set_cpu_threads(threads)
+    tokenizer = load_tokenizer(name)
+    model = load_model(name, device=device)
+    return LoadedModel(model, tokenizer, device, threads, resolve_model(name).pretrained)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that sample and verify (`hsd eval`, `hsd analyze`): the problems'
+    split and instruction, the verifier, where the model runs, the progress bar."""
+    parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
+    parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
+    parser.add_argument("--verifier", choices=sorted(VERIFIERS), default="task",
+                        help="task: the task's own verifier (default); last-number: math-verify on the last "
+                             "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
+    parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, or 1 when the machine is already busy)")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True):

@@ -11,10 +11,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsd.analysis.credit import CONTEXTS, WIDTHS, collect, credit_tables
+from hsd.analysis.credit import CONTEXTS, WIDTHS, FailedRollout, collect, credit_tables
 from hsd.analysis.report import write_report
-from hsd.core.peers import RULES_FROM_REWARDS
-from hsd.sampling import SamplingSettings, set_cpu_threads
+from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
+from hsd.sampling import SamplingSettings, add_sampling_arguments, load_for_sampling
 from hsd.tasks.problem import Problem
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
@@ -36,7 +36,7 @@ def analyze(
     min_failures: int = 64,
     seed: int = 0,
     peer_rule: str = "uniform",
-    success_threshold: float = 1.0,
+    success_threshold: float = SUCCESS_THRESHOLD,
     contexts: Sequence[str] = CONTEXTS,
     problems_per_batch: int = 8,
     batch_size: int = 64,
@@ -55,26 +55,12 @@ def analyze(
     log-probs and A_t), credit_profile.png, silence_curve.png, coverage.png and report.html there.
     """
     start = time.perf_counter()
-    analysis = collect(
-        model,
-        tokenizer,
-        problems,
-        verifier,
-        group_size=group_size,
-        sampling=SamplingSettings(temperature, top_p, max_new_tokens),
-        min_failures=min_failures,
-        problems_per_batch=problems_per_batch,
-        batch_size=batch_size,
-        seed=seed,
-        peer_rule=peer_rule,
-        success_threshold=success_threshold,
-        contexts=contexts,
-        template=template,
-        max_peer_tokens=max_peer_tokens,
-        batch_tokens=batch_tokens,
-        verify_workers=verify_workers,
-        progress=progress,
-    )
+    analysis = collect(model, tokenizer, problems, verifier, group_size=group_size,
+                       sampling=SamplingSettings(temperature, top_p, max_new_tokens), min_failures=min_failures,
+                       problems_per_batch=problems_per_batch, batch_size=batch_size, seed=seed,
+                       peer_rule=peer_rule, success_threshold=success_threshold, contexts=contexts,
+                       template=template, max_peer_tokens=max_peer_tokens, batch_tokens=batch_tokens,
+                       verify_workers=verify_workers, progress=progress)  # fmt: skip
     tables = credit_tables(analysis.rollouts, analysis.groups, seed=seed, widths=WIDTHS)
     settings = {**(info or {}), **analysis.settings, "problems_available": len(problems)}
     credit = {
@@ -84,24 +70,27 @@ def analyze(
         "wall_s": round(time.perf_counter() - start, 1),
     }
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / ROLLOUTS_FILE, "w") as handle:
-            for rollout in analysis.rollouts:
-                handle.write(json.dumps(rollout.to_json()) + "\n")
-        write_report(
-            tables,
-            analysis.rollouts,
-            out,
-            title=f"Where the credit lands: {info.get('model', 'model')} on {info.get('dataset', 'data')}"
-            if info
-            else "Where the credit lands",
-            settings=settings,
-            max_rollouts=max_report_rollouts,
+        title = "Where the credit lands"
+        if info:
+            title += f": {info.get('model', 'model')} on {info.get('dataset', 'data')}"
+        write_outputs(
+            Path(out_dir), tables, analysis.rollouts, settings, title=title, max_rollouts=max_report_rollouts
         )
         credit["wall_s"] = round(time.perf_counter() - start, 1)
-        (out / CREDIT_FILE).write_text(json.dumps(credit, indent=1) + "\n")
+        (Path(out_dir) / CREDIT_FILE).write_text(json.dumps(credit, indent=1) + "\n")
     return credit
+
+
+def write_outputs(
+    out: Path, tables: dict, rollouts: Sequence[FailedRollout], settings: dict, **report
+) -> None:
+    """rollouts.jsonl (every analysed rollout with its per-token log-probs and A_t), the plots and
+    report.html (`write_report`, given `report`'s title and max_rollouts) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ROLLOUTS_FILE, "w") as handle:
+        for rollout in rollouts:
+            handle.write(json.dumps(rollout.to_json()) + "\n")
+    write_report(tables, rollouts, out, settings=settings, **report)
 
 
 def _contexts(text: str) -> list[str]:
@@ -132,8 +121,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-rule", choices=RULES_FROM_REWARDS, default="uniform",
                         help="the failed rollout's peer: uniform over its group's successes (seeded), the first, "
                         "or one uniform draw shared by the group")  # fmt: skip
-    parser.add_argument("--success-threshold", type=float, default=1.0,
-                        help="a rollout succeeds when its reward >= this (default 1.0, as HSDConfig)")  # fmt: skip
+    parser.add_argument("--success-threshold", type=float, default=SUCCESS_THRESHOLD,
+                        help=f"a rollout succeeds when its reward >= this (default {SUCCESS_THRESHOLD}, as HSDConfig)")  # fmt: skip
     parser.add_argument("--contexts", type=_contexts, default=list(CONTEXTS),
                         help="comma-separated teacher contexts among opsd,hsd,reference (default: all)")  # fmt: skip
     parser.add_argument(
@@ -144,24 +133,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-peer-tokens", type=int, default=None, help="truncate the peer shown to the teacher"
     )
-    parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
-    parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
     parser.add_argument("--report-rollouts", type=int, default=60, help="rollouts shown in report.html")
-    parser.add_argument("--verifier", choices=sorted(VERIFIERS), default="task",
-                        help="task: the task's own verifier (default); last-number: math-verify on the last "
-                             "\\boxed{} or number of the reply, for terse numeric tasks")  # fmt: skip
-    parser.add_argument("--verify-workers", type=int, default=2, help="verifications run in parallel")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's, or 1 when the machine is already busy)")  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from hsd.errors import UserError
-    from hsd.models import load_model, load_tokenizer, resolve_model
     from hsd.tasks.datasets import load_problems
 
     start = time.perf_counter()
@@ -170,13 +147,10 @@ def main(args: argparse.Namespace) -> int:
     problems = load_problems(
         args.dataset, split=args.split, limit=args.problems, instruction=args.instruction, seed=args.seed
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = set_cpu_threads(args.threads)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=device)
+    loaded = load_for_sampling(args.model, args.device, args.threads)
     credit = analyze(
-        model,
-        tokenizer,
+        loaded.model,
+        loaded.tokenizer,
         problems,
         out_dir=args.out,
         group_size=args.group_size,
@@ -196,16 +170,15 @@ def main(args: argparse.Namespace) -> int:
         verify_workers=args.verify_workers,
         max_report_rollouts=args.report_rollouts,
         progress=not args.quiet,
-        info={
-            "model": args.model,
-            "dataset": args.dataset,
-            "verifier": args.verifier,
-            "model_path": resolve_model(args.model).pretrained,  # where a name or alias resolved to
-            "device": device,
-            "threads": threads,
-        },
+        info={"model": args.model, "dataset": args.dataset, "verifier": args.verifier, **loaded.info()},
     )
-    total = time.perf_counter() - start
+    _print_outcome(credit, args, time.perf_counter() - start)
+    return 0
+
+
+def _print_outcome(credit: dict, args: argparse.Namespace, total: float) -> None:
+    """What the run found, on stderr (a warning when too few rollouts were analysed), and the summary as
+    JSON on stdout."""
     counts = credit["counts"]
     if not credit["reached_min_failures"]:
         print(
@@ -220,7 +193,6 @@ def main(args: argparse.Namespace) -> int:
     )
     summary = {"wall_s_total": round(total, 1), "counts": counts, "mass_within": credit["mass_within"]}
     print(json.dumps(summary))
-    return 0
 
 
 def _share(value) -> str:

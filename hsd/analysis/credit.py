@@ -23,10 +23,10 @@ from hsd.core.divergence import (
     silence_curve,
 )
 from hsd.core.head import chunked_token_logps, output_head
-from hsd.core.peers import RULES_FROM_REWARDS, select_peers
-from hsd.sampling import SamplingSettings, chat_prompt, decode, generate, progress_bar, prompt_ids
+from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD, select_peers
+from hsd.sampling import SamplingSettings, chat_prompt, progress_bar, sample_and_verify
 from hsd.tasks.problem import UNCOMPUTED, Problem
-from hsd.tasks.rewards import Verifier, verify_all
+from hsd.tasks.rewards import Verifier
 from hsd.teacher.prefix import padded, prefix_shared_hidden
 from hsd.teacher.prompt import teacher_input_ids, tokenize_prompt
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
@@ -557,7 +557,7 @@ def collect(
     batch_size: int = 64,
     seed: int = 0,
     peer_rule: str = "uniform",
-    success_threshold: float = 1.0,
+    success_threshold: float = SUCCESS_THRESHOLD,
     contexts: Sequence[str] = CONTEXTS,
     template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
     max_peer_tokens: int | None = None,
@@ -581,19 +581,11 @@ def collect(
             if len(rollouts) >= min_failures:
                 break
             batch = list(problems[start : start + problems_per_batch])
-            ids_PG = generate(
-                model,
-                tokenizer,
-                [prompt_ids(tokenizer, p) for p in batch],
-                n=group_size,
-                settings=sampling,
-                batch_size=batch_size,
-                seed=seed + start * group_size,
-            )
+            sampled = sample_and_verify(model, tokenizer, batch, verifier, n=group_size, settings=sampling,
+                                        batch_size=batch_size, seed=seed + start * group_size,
+                                        verify_workers=verify_workers)  # fmt: skip
             new: list[FailedRollout] = []
-            texts_PG = [[decode(tokenizer, ids) for ids in ids_G] for ids_G in ids_PG]
-            verdicts_PG = verify_all(batch, texts_PG, verifier, verify_workers)
-            for problem, ids_G, texts_G, verdicts in zip(batch, ids_PG, texts_PG, verdicts_PG):
+            for problem, (ids_G, texts_G, verdicts) in zip(batch, sampled.per_problem()):
                 rewards_G = [-math.inf if v.reason == UNCOMPUTED else v.reward for v in verdicts]
                 peers = select_peers(
                     rewards_G, group_size, peer_rule, generator=generator, threshold=success_threshold

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hsd.core.peers import as_float_list, check_group_size
+from hsd.core.peers import SUCCESS_THRESHOLD, as_float_list, check_group_size
 
 # hsd: answer + peer (Eq. 9); opsd: answer only; peer: peer only (ablation);
 # reference: a worked reference solution (SDFT, original OPSD); none: no privileged context (a control)
@@ -93,7 +93,7 @@ def build_contexts(
     references: Sequence[str | None] | None = None,
     fallback: bool = True,
     distill_successes: bool = True,
-    threshold: float = 1.0,
+    threshold: float = SUCCESS_THRESHOLD,
 ) -> list[TeacherContext | None]:
     """One entry per rollout (flat): its teacher context, or None when the rollout is not distilled.
 

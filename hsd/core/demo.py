@@ -19,7 +19,7 @@ from hsd.core.divergence import (
     optimal_success_rate,
 )
 from hsd.core.losses import DIVERGENCE_KINDS, aggregate, chunked_token_divergence, token_divergence
-from hsd.core.peers import RULES, group_outcomes, select_peers
+from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def _show_peers(rewards: list[float], group_size: int, seed: int) -> list[int | 
     _section(f"peers (flat index; '-' = none) for {len(rewards) // group_size} groups of G={group_size}")
     print(f"{'rewards':>15}: " + " ".join(f"{r:>3.0f}" for r in rewards))
     peers_by_rule = {}
-    for rule in RULES:
+    for rule in PEER_RULES:
         peers = select_peers(
             rewards,
             group_size,

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 import torch
 
-RULES = ("uniform", "first", "shortest", "lowest_ppl", "highest_ppl", "uniform_shared")
+# a rollout succeeds when its total reward R >= SUCCESS_THRESHOLD (R_j = 1 in the equations)
+SUCCESS_THRESHOLD = 1.0
+PEER_RULES = ("uniform", "first", "shortest", "lowest_ppl", "highest_ppl", "uniform_shared")
 # the rules that need nothing but the rewards (and a generator): no lengths, no log-probs
 RULES_FROM_REWARDS = ("uniform", "first", "uniform_shared")
 
@@ -67,7 +69,7 @@ def select_peers(
     generator: torch.Generator | None = None,
     lengths: Sequence[float] | torch.Tensor | None = None,
     logps: Sequence[float] | torch.Tensor | None = None,
-    threshold: float = 1.0,
+    threshold: float = SUCCESS_THRESHOLD,
 ) -> list[int | None]:
     """For each rollout (flat index, group g = i // group_size), the flat index of its peer, or None.
 
@@ -80,8 +82,8 @@ def select_peers(
     the drawn success itself gets another success of its group (uniform), or None if it is the only one.
     """
     rewards_N = as_float_list(rewards, "rewards")
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule not in PEER_RULES:
+        raise ValueError(f"rule must be one of {PEER_RULES}, got {rule!r}")
     groups = successes_by_group(rewards_N, group_size, threshold)
     n_rollouts = len(rewards_N)
     if rule == "shortest":
@@ -120,7 +122,7 @@ def select_peers(
 
 
 def group_outcomes(
-    rewards: Sequence[float] | torch.Tensor, group_size: int, threshold: float = 1.0
+    rewards: Sequence[float] | torch.Tensor, group_size: int, threshold: float = SUCCESS_THRESHOLD
 ) -> dict[str, int]:
     """Counts of how the batch's groups turned out, for logging peer availability.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from hsd.core.divergence import coverage, first_divergence
+from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.tasks.chain import load_chain_problems, verify_chain
 from hsd.tasks.problem import Problem
 from hsd.testbed.model import torch_threads
@@ -107,10 +108,10 @@ def divergence_stats(
         for verdict in verdicts:
             rewards.append(verdict.reward)
             reasons[verdict.reason] = reasons.get(verdict.reason, 0) + 1
-        winners = [i for i, v in enumerate(verdicts) if v.reward == 1.0]
+        winners = [i for i, v in enumerate(verdicts) if v.reward >= SUCCESS_THRESHOLD]
         fully_correct_peers.extend(verdicts[i].extra["fully_correct"] for i in winners)
         for i, verdict in enumerate(verdicts):
-            if verdict.reward == 1.0 or not winners:
+            if verdict.reward >= SUCCESS_THRESHOLD or not winners:
                 continue
             failed_with_peer += 1
             error_char = verdict.extra["error_char"]

@@ -12,76 +12,36 @@ from trl import GRPOConfig
 
 from hsd.core.contexts import CONTEXT_MODES
 from hsd.core.losses import DIVERGENCE_KINDS
-from hsd.core.peers import RULES as PEER_RULES
+from hsd.core.methods import METHOD_TERMS, METHODS
+from hsd.core.peers import PEER_RULES, SUCCESS_THRESHOLD
 from hsd.core.positions import DISTILL_POSITIONS
 from hsd.teacher.template import TeacherTemplate
 
 TEACHER_WEIGHTS = ("live", "ema", "frozen")
 
-# method -> our knobs (context, distill_weight, pg_weight, rlsd) and TRL's GRPO fields it sets.
-# Pure self-distillation methods (hsd, opsd, sdft) have no policy-gradient term: reward acts only
-# through which peer is chosen (method doc, step 7).
-PRESETS: dict[str, dict] = {
-    "hsd": dict(context="hsd", distill_weight=1.0, pg_weight=0.0, rlsd=False),
-    "opsd": dict(context="opsd", distill_weight=1.0, pg_weight=0.0, rlsd=False),
-    "sdft": dict(context="reference", distill_weight=1.0, pg_weight=0.0, rlsd=False),
-    "grpo_opsd": dict(
-        context="opsd",
-        distill_weight=0.5,
-        pg_weight=0.5,
-        rlsd=False,
-        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
-    ),
-    "rlsd": dict(
-        context="opsd",
-        distill_weight=0.0,
-        pg_weight=1.0,
-        rlsd=True,
-        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
-    ),
-    "grpo": dict(
-        context="none",
-        distill_weight=0.0,
-        pg_weight=1.0,
-        rlsd=False,
-        trl=dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token"),
-    ),
-    "dr_grpo": dict(
-        context="none",
-        distill_weight=0.0,
-        pg_weight=1.0,
-        rlsd=False,
-        trl=dict(loss_type="dr_grpo", scale_rewards="none", importance_sampling_level="token"),
-    ),
+_GRPO = dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="token")
+# method -> the TRL GRPO fields it sets (its context and loss weights are `hsd.core.methods.METHOD_TERMS`)
+TRL_PRESETS: dict[str, dict] = {
+    "grpo_opsd": _GRPO,
+    "rlsd": _GRPO,
+    "grpo": _GRPO,
+    "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none", importance_sampling_level="token"),
     "dapo": dict(
-        context="none",
-        distill_weight=0.0,
-        pg_weight=1.0,
-        rlsd=False,
-        trl=dict(
-            loss_type="dapo",
-            scale_rewards="group",
-            importance_sampling_level="token",
-            epsilon=0.2,
-            epsilon_high=0.28,
-            mask_truncated_completions=True,
-        ),
+        loss_type="dapo",
+        scale_rewards="group",
+        importance_sampling_level="token",
+        epsilon=0.2,
+        epsilon_high=0.28,
+        mask_truncated_completions=True,
     ),
     "gspo": dict(
-        context="none",
-        distill_weight=0.0,
-        pg_weight=1.0,
-        rlsd=False,
-        trl=dict(
-            loss_type="grpo",
-            scale_rewards="group",
-            importance_sampling_level="sequence",
-            epsilon=3e-4,
-            epsilon_high=4e-4,
-        ),
+        loss_type="grpo",
+        scale_rewards="group",
+        importance_sampling_level="sequence",
+        epsilon=3e-4,
+        epsilon_high=4e-4,
     ),
 }
-METHODS = tuple(PRESETS)
 
 _DEFAULT_TEMPLATE = TeacherTemplate()
 
@@ -120,7 +80,8 @@ class HSDConfig(GRPOConfig):
         metadata={"help": "Distil successful rollouts too, toward another success (the equations say yes)."},
     )
     success_threshold: float = field(
-        default=1.0, metadata={"help": "A rollout whose total reward is >= this counts as a success."}
+        default=SUCCESS_THRESHOLD,
+        metadata={"help": "A rollout whose total reward is >= this counts as a success."},
     )
     divergence: str = field(
         default="kl_teacher_student",
@@ -246,11 +207,11 @@ class HSDConfig(GRPOConfig):
 
     def __post_init__(self):
         _check_choice("method", self.method, METHODS)
-        preset = PRESETS[self.method]
+        terms = METHOD_TERMS[self.method]
         for name in ("context", "distill_weight", "pg_weight", "rlsd"):
             if getattr(self, name) is None:
-                setattr(self, name, preset[name])
-        for name, value in preset.get("trl", {}).items():
+                setattr(self, name, getattr(terms, name))
+        for name, value in TRL_PRESETS.get(self.method, {}).items():
             setattr(self, name, value)
         _check_choice("context", self.context, CONTEXT_MODES)
         _check_choice("peer_rule", self.peer_rule, PEER_RULES)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsd.core.peers import RULES, group_outcomes, select_peers
+from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
 
 # two groups of 4: successes at 0 and 2 in the first, none in the second
 REWARDS = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
@@ -56,7 +56,7 @@ def test_tensor_rewards_are_accepted():
 
 
 def test_a_lone_success_has_no_peer_but_its_group_sees_it():
-    for rule in RULES:
+    for rule in PEER_RULES:
         peers = select_peers([0, 0, 1, 0], 4, rule, lengths=[1] * 4, logps=[0.0] * 4)
         assert peers == [2, 2, None, 2], rule
 
@@ -120,7 +120,7 @@ def test_uniform_shared_lone_success_gets_none():
 @given(
     group_size=st.integers(1, 6),
     data=st.data(),
-    rule=st.sampled_from(RULES),
+    rule=st.sampled_from(PEER_RULES),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_peer_is_another_success_of_the_group_or_none_only_without_one(group_size, data, rule, seed):

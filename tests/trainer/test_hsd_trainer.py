@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from hsd import HSDConfig, HSDTrainer
+from hsd.core.methods import METHODS
 
 COMMON = TRAINER_ARGS
 
@@ -151,7 +152,8 @@ def test_train_runs_and_logs_hsd_metrics(tiny_model_dir, tmp_path):
     assert logs[0]["hsd/peer_frac"] == pytest.approx(12 / 16)  # teachers that see a peer, successes too
 
 
-@pytest.mark.parametrize("method", ["opsd", "grpo_opsd", "rlsd", "dapo", "dr_grpo", "gspo"])
+# hsd and grpo train in the tests above; sdft needs a reference solution, which this data does not have
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("hsd", "grpo", "sdft")])
 def test_every_preset_trains_one_step(tiny_model_dir, tmp_path, method):
     trainer = _trainer(tiny_model_dir, tmp_path, method=method)
     trainer.train()
