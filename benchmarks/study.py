@@ -109,6 +109,9 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "live": ("hsd", ["--teacher_weights", "live"]),
     "live-lr1e-4": ("hsd", ["--teacher_weights", "live", "--learning_rate", "1e-4"]),
     "live-clip1": ("hsd", ["--teacher_weights", "live", "--divergence_clip", "1.0"]),
+    # more steps at a smaller learning rate (60 steps: twice the budget of every other cell)
+    "live-lr1e-4-60": ("hsd", ["--teacher_weights", "live", "--learning_rate", "1e-4", "--max_steps", "60"]),
+    "live-lr3e-5-60": ("hsd", ["--teacher_weights", "live", "--learning_rate", "3e-5", "--max_steps", "60"]),
     "live-tt0.5": ("hsd", ["--teacher_weights", "live", "--teacher_temperature", "0.5"]),
     "live-from-tau": ("hsd", ["--teacher_weights", "live", "--distill_positions", "from_tau"]),
     "live-mix-no-fallback": (
