@@ -17,7 +17,7 @@ import time
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-from hsd.trainer.forward import fused_distillation, teacher_student_kl
+from hsd.core.distill import distill_terms
 
 TRL_VOCAB_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE
 
@@ -36,14 +36,10 @@ def variants(student, teacher, ids, head):
 
     def hsd_kl(**kwargs):
         def run():
-            div = teacher_student_kl(teacher, student, ids, head, **kwargs).divergence
+            div = distill_terms(teacher, student, ids, head, **kwargs).divergence
             div.sum().backward()
 
         return run
-
-    def autograd_chunks():
-        div = fused_distillation(teacher, student, ids, head).divergence
-        div.sum().backward()
 
     return {
         "grpo: TRL log-prob head (log-probs + entropy, as GRPOTrainer calls it)": trl_logprob(
@@ -52,7 +48,7 @@ def variants(student, teacher, ids, head):
         "grpo: TRL log-prob head (log-probs only)": trl_logprob(("log_probs",)),
         "hsd: KL head, logit gradient kept from the forward": hsd_kl(keep_grad_bytes=float("inf")),
         "hsd: KL head, logits recomputed in the backward": hsd_kl(keep_grad_bytes=0),
-        "hsd: autograd through checkpointed chunks (plain path)": autograd_chunks,
+        "hsd: autograd through checkpointed chunks (plain path)": hsd_kl(analytic=False),
     }
 
 

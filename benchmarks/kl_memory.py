@@ -1,4 +1,5 @@
-"""Peak memory and time of chunked versus naive full-vocabulary KL(teacher || student), forward + backward.
+"""Peak memory and time of the chunked engine versus naive full-vocabulary KL(teacher || student), forward +
+backward.
 Run: `python benchmarks/kl_memory.py` (defaults: V = 151,936 as in Qwen3, 2048 positions, hidden 1024).
 
 Method. Each variant runs in a fresh Python subprocess, so that neither sees the other's allocator state.
@@ -11,11 +12,13 @@ allocated with mmap and returned to the system when freed, so RSS tracks tensor 
 Time is the wall time of that same forward + backward (the fastest of `--repeats` runs, all after the
 measured one).
 
-  naive:   token_divergence(th @ W.T, sh @ W.T): both [B, T, V] logits and their softmaxes exist at once.
-  chunked: chunked_token_divergence(th, sh, W, chunk_size=...): [chunk, V] at a time, recomputed in the
-           backward (activation checkpointing per chunk).
+  naive:      token_divergence(th @ W.T, sh @ W.T): both [B, T, V] logits and their softmaxes at once.
+  chunked:    distill_terms(th, sh, ids, W, chunk_size=..., analytic=False): [chunk, V] at a time,
+              recomputed in the backward (autograd, activation checkpointing per chunk).
+  worked_out: distill_terms(th, sh, ids, W, chunk_size=...): [chunk, V] at a time, the gradient of Eq. 13
+              worked out (the route training takes), logits recomputed in the backward.
 
-Prints one JSON line with both measurements and the ratios chunked / naive.
+Prints one JSON line with the measurements and the ratios of each chunked variant over naive.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import resource
 import subprocess
 import sys
 import time
+
+VARIANTS = ("naive", "chunked", "worked_out")
 
 
 def _rss_bytes() -> int:
@@ -42,22 +47,29 @@ def run_variant(args: argparse.Namespace) -> dict:
     """One forward + backward in this process; peak memory above the inputs, and wall time."""
     import torch
 
-    from hsd.core.losses import chunked_token_divergence, token_divergence
+    from hsd.core.distill import distill_terms
+    from hsd.core.losses import token_divergence
 
     torch.manual_seed(args.seed)
     batch = args.positions // args.seq_len
     teacher_hidden = torch.randn(batch, args.seq_len, args.hidden)
     student_hidden = torch.randn(batch, args.seq_len, args.hidden).requires_grad_()
     weight = torch.randn(args.vocab, args.hidden).mul_(args.hidden**-0.5).requires_grad_()
+    token_ids = torch.randint(args.vocab, (args.positions,))
 
     def step() -> float:
         if args.variant == "naive":
-            values_BT = token_divergence(teacher_hidden @ weight.T, student_hidden @ weight.T)
+            values = token_divergence(teacher_hidden @ weight.T, student_hidden @ weight.T)
         else:
-            values_BT = chunked_token_divergence(
-                teacher_hidden, student_hidden, weight, chunk_size=args.chunk_size
-            )
-        loss = values_BT.mean()
+            values = distill_terms(
+                teacher_hidden.reshape(-1, args.hidden),
+                student_hidden.reshape(-1, args.hidden),
+                token_ids,
+                weight,
+                chunk_size=args.chunk_size,
+                analytic=args.variant == "worked_out",
+            ).divergence
+        loss = values.mean()
         loss.backward()
         return float(loss)
 
@@ -89,7 +101,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=256, help="positions per chunk (chunked variant)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (the fastest counts)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=("naive", "chunked"), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.positions % args.seq_len:
         parser.error("--positions must be a multiple of --seq-len")
@@ -99,7 +111,7 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]  # other work on the machine skews the times, not the memory
     results = {}
-    for variant in ("naive", "chunked"):
+    for variant in VARIANTS:
         child = subprocess.run(
             [sys.executable, __file__, *sys.argv[1:], "--variant", variant],
             capture_output=True,
@@ -107,27 +119,24 @@ def main() -> int:
             check=True,
         )
         results[variant] = json.loads(child.stdout.strip().splitlines()[-1])
-    naive, chunked = results["naive"], results["chunked"]
-    gib = 1024**3
-    print(
-        json.dumps(
-            {
-                "vocab": args.vocab,
-                "positions": args.positions,
-                "hidden": args.hidden,
-                "chunk_size": args.chunk_size,
-                "torch_threads": naive["threads"],
-                "load_average_before": round(load_before, 2),
-                "naive_peak_gib": round(naive["peak_bytes"] / gib, 3),
-                "chunked_peak_gib": round(chunked["peak_bytes"] / gib, 3),
-                "naive_seconds": round(naive["seconds"], 2),
-                "chunked_seconds": round(chunked["seconds"], 2),
-                "loss_abs_difference": abs(naive["loss"] - chunked["loss"]),
-                "peak_memory_ratio_chunked_over_naive": round(chunked["peak_bytes"] / naive["peak_bytes"], 3),
-                "time_ratio_chunked_over_naive": round(chunked["seconds"] / naive["seconds"], 3),
-            }
-        )
-    )
+    naive, gib = results["naive"], 1024**3
+    report = {
+        "vocab": args.vocab,
+        "positions": args.positions,
+        "hidden": args.hidden,
+        "chunk_size": args.chunk_size,
+        "torch_threads": naive["threads"],
+        "load_average_before": round(load_before, 2),
+    }
+    for name, result in results.items():
+        report[f"{name}_peak_gib"] = round(result["peak_bytes"] / gib, 3)
+        report[f"{name}_seconds"] = round(result["seconds"], 2)
+    for name in VARIANTS[1:]:
+        result = results[name]
+        report[f"{name}_loss_abs_difference"] = abs(naive["loss"] - result["loss"])
+        report[f"peak_memory_ratio_{name}_over_naive"] = round(result["peak_bytes"] / naive["peak_bytes"], 3)
+        report[f"time_ratio_{name}_over_naive"] = round(result["seconds"] / naive["seconds"], 3)
+    print(json.dumps(report))
     return 0
 
 

@@ -31,7 +31,7 @@ PHASES = {
     "  HSD teacher pass": ("trainer.py", "_teacher_hidden"),
     "backward: accelerator.backward": ("accelerator.py", "backward"),
     "  head backward: TRL ChunkedLogProbFunction.backward": ("chunked_logprob.py", "backward"),
-    "  head backward: HSD _TeacherStudentKL.backward": ("forward.py", "backward"),
+    "  head backward: HSD _TeacherStudentKL.backward": ("distill.py", "backward"),
     "optimizer: clip_grad_norm_": ("accelerator.py", "clip_grad_norm_"),
     "optimizer: AdamW step": ("adamw.py", "adamw"),
     "logging: Trainer.log / _maybe_log_save_evaluate": ("trainer.py", "_maybe_log_save_evaluate"),

@@ -6,7 +6,7 @@
 Every variant computes the per-position KL(teacher || student) of Eq. 13 from hidden states and one shared
 output head (the teacher's hidden states carry no gradient, as in HSD), loss = the mean over positions:
 
-- `hsd`: `hsd.trainer.forward.teacher_student_kl` (the worked-out gradient; the [N, V] logit gradient is
+- `hsd`: `hsd.core.distill.distill_terms` (Eq. 13 on a linear head: the worked-out gradient; the [N, V] logit gradient is
   kept from the forward only when it fits in `distill_grad_cache_mb`, the trainer's default 1024 MiB).
 - `hsd_keep`: the same with the logit gradient always kept ([N, V] in the compute dtype).
 - `trl`: `trl.kernels.chunked_divergence.ChunkedDivergenceFunction` with beta = 0, which TRL defines as
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from hsd.bench.meter import MemoryMeter, synchronize
-from hsd.trainer.forward import teacher_student_kl
+from hsd.core.distill import distill_terms
 
 DEFAULT_GRAD_CACHE_BYTES = 1024 * 2**20  # HSDConfig.distill_grad_cache_mb's default
 
@@ -54,7 +54,7 @@ def variants(device: str) -> tuple[dict, dict]:
 
     def hsd(keep_grad_bytes):
         def run(student, teacher, ids, head):
-            divergence = teacher_student_kl(
+            divergence = distill_terms(
                 teacher, student, ids, head, keep_grad_bytes=keep_grad_bytes
             ).divergence
             return divergence.mean(), divergence

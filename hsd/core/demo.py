@@ -10,6 +10,7 @@ from collections import Counter
 import torch
 
 from hsd.core.contexts import build_contexts
+from hsd.core.distill import distill_terms
 from hsd.core.divergence import (
     coverage,
     credit_profile,
@@ -18,7 +19,7 @@ from hsd.core.divergence import (
     optimal_coverage,
     optimal_success_rate,
 )
-from hsd.core.losses import DIVERGENCE_KINDS, aggregate, chunked_token_divergence, token_divergence
+from hsd.core.losses import DIVERGENCE_KINDS, aggregate, token_divergence
 from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
 
 
@@ -105,14 +106,27 @@ def _show_losses(generator: torch.Generator) -> None:
     token_ids_BT = torch.randint(vocab, (batch, length), generator=generator)
     mask_BT = torch.ones(batch, length)
     mask_BT[1, 4:] = 0
-    options = {"topk": 20, "token_ids": token_ids_BT, "mask": mask_BT}
+    keep_BT = mask_BT.bool()
     for kind in DIVERGENCE_KINDS:
-        naive_BT = token_divergence(teacher_BTH @ weight_VH.T, student_BTH @ weight_VH.T, kind, **options)
-        chunked_BT = chunked_token_divergence(
-            teacher_BTH, student_BTH, weight_VH, kind, chunk_size=4, **options
+        naive_BT = token_divergence(
+            teacher_BTH @ weight_VH.T,
+            student_BTH @ weight_VH.T,
+            kind,
+            topk=20,
+            token_ids=token_ids_BT,
+            mask=mask_BT,
         )
+        chunked_N = distill_terms(
+            teacher_BTH[keep_BT],
+            student_BTH[keep_BT],
+            token_ids_BT[keep_BT],
+            weight_VH,
+            kind=kind,
+            topk=20,
+            chunk_size=4,
+        ).divergence
         loss = aggregate(naive_BT, mask_BT, "sequence_mean")  # Eq. 10
-        gap = float((naive_BT - chunked_BT).abs().max())
+        gap = float((naive_BT[keep_BT] - chunked_N).abs().max())
         print(f"{kind:>18}: loss (Eq. 10 mean) {float(loss):+.4f}   |chunked - naive| max {gap:.1e}")
 
 

@@ -39,9 +39,13 @@ def output_head(model):
     return lm_head if cap is None else functools.partial(_soft_capped, lm_head, float(cap))
 
 
-def _logp_chunk(hidden_nH, token_ids_n, lm_head, temperature):
-    logits_nV = lm_head(hidden_nH).float() / temperature
+def sampled_logps(logits_nV: torch.Tensor, token_ids_n: torch.Tensor) -> torch.Tensor:
+    """log p(o_t) = z(o_t) - logsumexp(z) of each row's sampled token."""
     return torch.log_softmax(logits_nV, dim=-1).gather(-1, token_ids_n[:, None])[:, 0]
+
+
+def _logp_chunk(hidden_nH, token_ids_n, lm_head, temperature):
+    return sampled_logps(lm_head(hidden_nH).float() / temperature, token_ids_n)
 
 
 def chunked_token_logps(hidden_NH, token_ids_N, lm_head, *, temperature=1.0, chunk_size=1024) -> torch.Tensor:

@@ -1,22 +1,21 @@
-"""Per-token teacher-to-student divergences (Eq. 13 and variants), chunked for large vocabularies,
-and the aggregations (Eq. 10), RLSD token weights and reference-KL estimator that mix them with RL losses.
+"""Per-token teacher-to-student divergences (Eq. 13 and variants) on logits (`hsd.core.distill` computes
+them chunk by chunk from hidden states), and the aggregations (Eq. 10), RLSD token weights and
+reference-KL estimator that mix them with RL losses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # kl_teacher_student: Eq. 13, the default. See `token_divergence` for the others.
 DIVERGENCE_KINDS = ("kl_teacher_student", "kl_student_teacher", "jsd", "sampled_token", "topk")
 AGGREGATION_MODES = ("sequence_mean", "token_mean", "fixed_length")
 
 
-def _check_options(kind: str, alpha: float | None, topk: int | None, clip: float | None) -> float:
+def check_divergence_options(kind: str, alpha: float | None, topk: int | None, clip: float | None) -> float:
     """Validate the divergence options; return alpha with its default (0.5) filled in."""
     if kind not in DIVERGENCE_KINDS:
         raise ValueError(f"kind must be one of {DIVERGENCE_KINDS}, got {kind!r}")
@@ -138,7 +137,7 @@ def token_divergence(
             f"student_logits must have the shape of teacher_logits {tuple(teacher_logits.shape)}, "
             f"got {tuple(getattr(student_logits, 'shape', ()))}"
         )
-    alpha = _check_options(kind, alpha, topk, clip)
+    alpha = check_divergence_options(kind, alpha, topk, clip)
     positions = teacher_logits.shape[:-1]
     _check_per_position(mask, positions, "mask")
     _check_token_ids(token_ids, positions)
@@ -159,145 +158,6 @@ def token_divergence(
     if mask is not None:
         values = torch.where(mask != 0, values, 0.0)
     return values
-
-
-def _chunk_divergence(
-    teacher_hidden_CH: torch.Tensor,
-    student_hidden_CH: torch.Tensor,
-    token_ids_C: torch.Tensor | None,
-    logits_fn: Callable[[torch.Tensor], torch.Tensor],
-    kind: str,
-    alpha: float,
-    topk: int | None,
-) -> torch.Tensor:
-    with torch.no_grad():
-        teacher_logits_CV = logits_fn(teacher_hidden_CH.detach())
-    student_logits_CV = logits_fn(student_hidden_CH)
-    return _row_divergence(teacher_logits_CV, student_logits_CV, kind, alpha, topk, token_ids_C)
-
-
-def chunked_token_divergence_fn(
-    teacher_hidden: torch.Tensor,
-    student_hidden: torch.Tensor,
-    logits_fn: Callable[[torch.Tensor], torch.Tensor],
-    kind: str = "kl_teacher_student",
-    *,
-    chunk_size: int = 1024,
-    alpha: float | None = None,
-    topk: int | None = None,
-    mask: torch.Tensor | None = None,
-    token_ids: torch.Tensor | None = None,
-    clip: float | None = None,
-    checkpoint_chunks: bool | None = None,
-) -> torch.Tensor:
-    """`token_divergence(logits_fn(teacher_hidden), logits_fn(student_hidden), ...)` from hidden states
-    [B, T, H], computed `chunk_size` positions at a time; `logits_fn` maps [N, H] to [N, V] (e.g. a
-    model's lm_head module, so that ZeRO-3 / FSDP hooks gather its weight).
-
-    Each chunk runs under activation checkpointing: its [chunk, V] logits exist only while that chunk is
-    computed, in the forward and again in the backward, which recomputes them. Masked positions are
-    skipped (value 0, no gradient). Gradients reach `student_hidden` and the parameters of `logits_fn`
-    through the student side only. `checkpoint_chunks` (default: whether autograd is enabled) can turn
-    checkpointing off when nothing needs a gradient.
-
-    Under ZeRO-3 / FSDP each call of a sharded module gathers its weight collectively, and the number of
-    calls here (2 per chunk, plus recomputation) follows this process's number of kept positions: keep
-    it equal across processes, or gather the weight once and call `chunked_token_divergence`.
-    """
-    if not isinstance(student_hidden, torch.Tensor) or student_hidden.dim() < 2:
-        raise ValueError("student_hidden must be a tensor [B, T, H]")
-    if not isinstance(teacher_hidden, torch.Tensor) or teacher_hidden.shape != student_hidden.shape:
-        raise ValueError(
-            f"teacher_hidden must have the shape of student_hidden {tuple(student_hidden.shape)}, "
-            f"got {tuple(getattr(teacher_hidden, 'shape', ()))}"
-        )
-    alpha = _check_options(kind, alpha, topk, clip)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    positions, hidden_size = student_hidden.shape[:-1], student_hidden.shape[-1]
-    _check_per_position(mask, positions, "mask")
-    _check_token_ids(token_ids, positions)
-    if kind == "sampled_token" and token_ids is None:
-        raise ValueError("kind 'sampled_token' needs token_ids (the sampled tokens, [B, T])")
-
-    teacher_NH = teacher_hidden.detach().reshape(-1, hidden_size)
-    student_NH = student_hidden.reshape(-1, hidden_size)
-    token_ids_N = None if token_ids is None else token_ids.reshape(-1)
-    if checkpoint_chunks is None:
-        checkpoint_chunks = torch.is_grad_enabled()
-    kept_rows = None
-    if mask is not None:
-        kept_rows = (mask.reshape(-1) != 0).nonzero().squeeze(-1)
-        teacher_NH = teacher_NH.index_select(0, kept_rows)
-        student_NH = student_NH.index_select(0, kept_rows)
-        token_ids_N = None if token_ids_N is None else token_ids_N.index_select(0, kept_rows)
-
-    values_chunks = []
-    for start in range(0, student_NH.shape[0], chunk_size):
-        rows = slice(start, start + chunk_size)
-        args = (teacher_NH[rows], student_NH[rows], None if token_ids_N is None else token_ids_N[rows])
-        if checkpoint_chunks:
-            values_chunks.append(
-                checkpoint(_chunk_divergence, *args, logits_fn, kind, alpha, topk, use_reentrant=False)
-            )
-        else:
-            values_chunks.append(_chunk_divergence(*args, logits_fn, kind, alpha, topk))
-    # no kept position: an empty result that still belongs to the graph of student_hidden
-    values_N = torch.cat(values_chunks) if values_chunks else student_NH[:0].sum(-1, dtype=torch.float32)
-    if clip is not None:
-        values_N = values_N.clamp(max=clip)
-    if kept_rows is not None:
-        values_N = values_N.new_zeros(positions.numel()).index_copy(0, kept_rows, values_N)
-    return values_N.reshape(positions)
-
-
-def chunked_token_divergence(
-    teacher_hidden: torch.Tensor,
-    student_hidden: torch.Tensor,
-    lm_head_weight: torch.Tensor,
-    kind: str = "kl_teacher_student",
-    *,
-    lm_head_bias: torch.Tensor | None = None,
-    chunk_size: int = 1024,
-    alpha: float | None = None,
-    topk: int | None = None,
-    mask: torch.Tensor | None = None,
-    token_ids: torch.Tensor | None = None,
-    clip: float | None = None,
-) -> torch.Tensor:
-    """`token_divergence(teacher_hidden @ W.T + b, student_hidden @ W.T + b, ...)` with W =
-    `lm_head_weight` [V, H], chunk by chunk: same values and gradients, without [B, T, V] logits.
-
-    See `chunked_token_divergence_fn` (this is it with `logits_fn = F.linear(., W, b)`).
-    """
-    if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2:
-        raise ValueError("lm_head_weight must be a tensor [V, H]")
-    if isinstance(student_hidden, torch.Tensor) and student_hidden.shape[-1:] != lm_head_weight.shape[-1:]:
-        raise ValueError(
-            f"lm_head_weight {tuple(lm_head_weight.shape)} does not match hidden size {student_hidden.shape[-1]}"
-        )
-    if lm_head_bias is not None and tuple(lm_head_bias.shape) != (lm_head_weight.shape[0],):
-        raise ValueError(
-            f"lm_head_bias must have shape ({lm_head_weight.shape[0]},), got {tuple(lm_head_bias.shape)}"
-        )
-
-    def logits_fn(hidden_NH: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden_NH, lm_head_weight, lm_head_bias)
-
-    return chunked_token_divergence_fn(
-        teacher_hidden,
-        student_hidden,
-        logits_fn,
-        kind,
-        chunk_size=chunk_size,
-        alpha=alpha,
-        topk=topk,
-        mask=mask,
-        token_ids=token_ids,
-        clip=clip,
-        checkpoint_chunks=torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in (student_hidden, lm_head_weight, lm_head_bias)),
-    )
 
 
 def _check_values_and_mask(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> None:

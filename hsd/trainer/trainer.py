@@ -23,6 +23,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from hsd.core.contexts import build_contexts
+from hsd.core.distill import DistillTerms, analytic_head_refusal
 from hsd.core.divergence import first_divergence
 from hsd.core.head import chunked_token_logps, output_head
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
@@ -43,7 +44,7 @@ from hsd.trainer.engines import (
     prepare_copy,
     teacher_stop_gradient,
 )
-from hsd.trainer.forward import DistillSpec, DistillTerms, analytic_head_refusal, install_hsd_forward
+from hsd.trainer.forward import DistillSpec, PrefixSpec, install_hsd_forward
 from hsd.trainer.interrupt import StopOnSignal
 
 logger = logging.getLogger(__name__)
@@ -505,11 +506,7 @@ class HSDTrainer(GRPOTrainer):
                 hidden = teacher(
                     input_ids=prefix_ids,
                     attention_mask=prefix_mask,
-                    hsd_prefix=dict(
-                        prefix_of_row_R=prefix_of_row,
-                        completion_ids_RT=completion_ids[run],
-                        completion_mask_RT=inputs["completion_mask"][run],
-                    ),
+                    hsd_prefix=PrefixSpec(prefix_of_row, completion_ids[run], inputs["completion_mask"][run]),
                 )
             else:
                 ids, mask = self.teacher_batch(inputs, run)

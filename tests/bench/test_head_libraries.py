@@ -7,7 +7,7 @@ import pytest
 import torch
 from trl.kernels.chunked_divergence import VOCAB_CHUNK_SIZE, ChunkedDivergenceFunction
 
-from hsd.trainer.forward import teacher_student_kl
+from hsd.core.distill import distill_terms
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -25,7 +25,7 @@ def test_trl_chunked_divergence_with_beta_0_equals_hsds_head(temperature):
         head.zero_grad()
         student.grad = None
         if name == "hsd":
-            divergence = teacher_student_kl(teacher, student, ids, head, temperature=temperature).divergence
+            divergence = distill_terms(teacher, student, ids, head, temperature=temperature).divergence
         else:
             divergence, _ = ChunkedDivergenceFunction.apply(
                 student, head.weight, None, teacher, head.weight.detach(), None, 0.0, temperature

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 
 import pytest
 import torch
@@ -24,9 +23,9 @@ from hsd.bench.fixtures import (
     scripted_rollouts,
     table_reward,
 )
+from hsd.core.distill import analytic_head_refusal, distill_terms
 from hsd.core.losses import aggregate, reference_kl, token_divergence
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
-from hsd.trainer.forward import analytic_head_refusal, fused_distillation, teacher_student_kl
 
 GROUP, QUESTIONS, LENGTH = 4, 4, 12
 DEVICE = os.environ.get("HSD_TEST_DEVICE", "cpu")
@@ -272,10 +271,10 @@ def test_worked_out_gradient_head_equals_autograd_head(clip, teacher_temperature
     teacher, ids = torch.randn(50, 16).to(DEVICE), torch.randint(0, 300, (50,)).to(DEVICE)
     weights_div, weights_logp = torch.randn(50).to(DEVICE), torch.randn(50).to(DEVICE) * logp_grad
     results = []
-    for head_fn in (fused_distillation, partial(teacher_student_kl, keep_grad_bytes=keep_grad_bytes)):
+    for analytic in (False, True):
         head.zero_grad()
         student.grad = None
-        terms = head_fn(
+        terms = distill_terms(
             teacher,
             student,
             ids,
@@ -284,6 +283,8 @@ def test_worked_out_gradient_head_equals_autograd_head(clip, teacher_temperature
             clip=clip,
             chunk_size=16,
             teacher_temperature=teacher_temperature,
+            keep_grad_bytes=keep_grad_bytes,
+            analytic=analytic,
         )
         ((terms.divergence * weights_div).sum() + (terms.student_logp * weights_logp).sum()).backward()
         results.append([*terms, student.grad, head.weight.grad, head.bias.grad])
@@ -296,13 +297,13 @@ def test_worked_out_gradient_head_in_bfloat16_stays_close_to_float32():
     head = torch.nn.Linear(32, 500, bias=False).to(DEVICE)
     student = torch.randn(40, 32).to(DEVICE).requires_grad_()
     teacher, ids = torch.randn(40, 32).to(DEVICE), torch.randint(0, 500, (40,)).to(DEVICE)
-    div32 = teacher_student_kl(teacher, student, ids, head).divergence
+    div32 = distill_terms(teacher, student, ids, head).divergence
     div32.sum().backward()
     grad32 = student.grad.clone()
     head16 = torch.nn.Linear(32, 500, bias=False).to(DEVICE, torch.bfloat16)
     head16.weight.data.copy_(head.weight.data)
     student16 = student.detach().to(torch.bfloat16).requires_grad_()
-    div16, s_logp16, *_ = teacher_student_kl(teacher.to(torch.bfloat16), student16, ids, head16)
+    div16, s_logp16, *_ = distill_terms(teacher.to(torch.bfloat16), student16, ids, head16)
     assert div16.dtype == torch.float32 and s_logp16.dtype == torch.float32  # the math stays in fp32
     div16.sum().backward()
     assert student16.grad.dtype == torch.bfloat16 and head16.weight.grad.dtype == torch.bfloat16

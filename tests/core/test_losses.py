@@ -1,4 +1,4 @@
-"""Per-token divergences (Eq. 13 and variants), their chunked form, aggregation (Eq. 10), RLSD, k3 KL."""
+"""Per-token divergences (Eq. 13 and variants) on logits, aggregation (Eq. 10), RLSD, k3 KL."""
 
 from __future__ import annotations
 
@@ -6,26 +6,19 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from hsd.core.losses import (
     AGGREGATION_MODES,
     DIVERGENCE_KINDS,
     aggregate,
-    chunked_token_divergence,
-    chunked_token_divergence_fn,
     masked_mean_per_sequence,
     reference_kl,
     rlsd_advantages,
     rlsd_token_weights,
     token_divergence,
 )
-
-QWEN3_VOCAB = 151_936
 
 
 def logits_of(*probabilities) -> torch.Tensor:
@@ -232,144 +225,6 @@ def test_sampled_token_averages_to_minus_reverse_kl_under_the_student(rows, shif
     assert torch.allclose(matching, torch.zeros_like(matching), atol=1e-5)
 
 
-# ---- chunked == naive -----------------------------------------------------------------------------------
-
-
-def naive_and_chunked(shape, kind, *, chunk_size, with_mask, with_bias, seed=0, clip=None):
-    batch, length, hidden, vocab = shape
-    generator = torch.Generator().manual_seed(seed)
-    teacher_hidden = torch.randn(batch, length, hidden, generator=generator)
-    student_hidden = torch.randn(batch, length, hidden, generator=generator).requires_grad_()
-    weight = (torch.randn(vocab, hidden, generator=generator) / hidden**0.5).requires_grad_()
-    bias = torch.randn(vocab, generator=generator).requires_grad_() if with_bias else None
-    mask = (torch.rand(batch, length, generator=generator) > 0.3) if with_mask else None
-    options = {
-        "alpha": 0.3,
-        "topk": 13,
-        "mask": mask,
-        "token_ids": torch.randint(vocab, (batch, length), generator=generator),
-        "clip": clip,
-    }
-    leaves = [student_hidden, weight] + ([bias] if with_bias else [])
-    naive_logits = [F.linear(h, weight, bias) for h in (teacher_hidden, student_hidden)]
-    naive = token_divergence(*naive_logits, kind, **options)
-    upstream = torch.randn(batch, length, generator=generator)  # a non-uniform upstream gradient
-    naive_grads = torch.autograd.grad((naive * upstream).sum(), leaves)
-    chunked = chunked_token_divergence(
-        teacher_hidden, student_hidden, weight, kind, lm_head_bias=bias, chunk_size=chunk_size, **options
-    )
-    chunked_grads = torch.autograd.grad((chunked * upstream).sum(), leaves)
-    return (naive, naive_grads), (chunked, chunked_grads)
-
-
-def assert_same(naive, chunked, atol=1e-5):
-    (naive_value, naive_grads), (chunked_value, chunked_grads) = naive, chunked
-    assert chunked_value.shape == naive_value.shape
-    assert torch.allclose(chunked_value, naive_value, atol=atol, rtol=1e-5)
-    for a, b in zip(naive_grads, chunked_grads):
-        assert torch.allclose(a, b, atol=atol, rtol=1e-5)
-
-
-@pytest.mark.parametrize("kind", DIVERGENCE_KINDS)
-@pytest.mark.parametrize(
-    ("shape", "chunk_size", "with_mask", "with_bias"),
-    [((2, 7, 16, 50), 3, False, False), ((3, 5, 8, 97), 4, True, True), ((1, 9, 24, 64), 1024, True, False)],
-)
-def test_chunked_equals_naive_in_value_and_gradient(kind, shape, chunk_size, with_mask, with_bias):
-    naive, chunked = naive_and_chunked(
-        shape, kind, chunk_size=chunk_size, with_mask=with_mask, with_bias=with_bias
-    )
-    assert_same(naive, chunked)
-
-
-@pytest.mark.parametrize("kind", DIVERGENCE_KINDS)
-def test_chunked_equals_naive_at_qwen3_vocabulary(kind):
-    naive, chunked = naive_and_chunked(
-        (1, 3, 8, QWEN3_VOCAB), kind, chunk_size=2, with_mask=False, with_bias=False, seed=5
-    )
-    assert_same(naive, chunked)
-
-
-def test_chunked_equals_naive_with_clip():
-    naive, chunked = naive_and_chunked(
-        (2, 6, 16, 40), "kl_teacher_student", chunk_size=5, with_mask=True, with_bias=True, clip=0.05
-    )
-    assert (naive[0] == 0.05).any()  # the clip is active somewhere
-    assert_same(naive, chunked)
-
-
-def test_chunked_fn_with_an_lm_head_module_equals_the_weight_version():
-    torch.manual_seed(0)
-    head = torch.nn.Linear(12, 33)
-    teacher_hidden, student_hidden = torch.randn(2, 5, 12), torch.randn(2, 5, 12, requires_grad=True)
-    by_module = chunked_token_divergence_fn(teacher_hidden, student_hidden, head, chunk_size=3)
-    module_grads = torch.autograd.grad(by_module.sum(), (student_hidden, head.weight, head.bias))
-    by_weight = chunked_token_divergence(
-        teacher_hidden, student_hidden, head.weight, lm_head_bias=head.bias, chunk_size=3
-    )
-    weight_grads = torch.autograd.grad(by_weight.sum(), (student_hidden, head.weight, head.bias))
-    assert torch.equal(by_module, by_weight)
-    for a, b in zip(module_grads, weight_grads):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_chunked_teacher_hidden_gets_no_gradient():
-    teacher_hidden = torch.randn(1, 4, 6, requires_grad=True)
-    student_hidden = torch.randn(1, 4, 6, requires_grad=True)
-    weight = torch.randn(10, 6, requires_grad=True)
-    value = chunked_token_divergence(teacher_hidden, student_hidden, weight, chunk_size=3)
-    grads = torch.autograd.grad(value.sum(), (teacher_hidden, student_hidden), allow_unused=True)
-    assert grads[0] is None and grads[1].abs().sum() > 0
-
-
-def test_chunked_works_without_autograd_and_with_everything_masked():
-    teacher_hidden, student_hidden = torch.randn(2, 3, 4), torch.randn(2, 3, 4, requires_grad=True)
-    weight = torch.randn(9, 4)
-    with torch.no_grad():
-        free = chunked_token_divergence(teacher_hidden, student_hidden, weight, chunk_size=2)
-    assert torch.allclose(
-        free, token_divergence(teacher_hidden @ weight.T, student_hidden @ weight.T), atol=1e-6
-    )
-    empty = chunked_token_divergence(teacher_hidden, student_hidden, weight, mask=torch.zeros(2, 3))
-    assert torch.equal(empty, torch.zeros(2, 3))
-    empty.sum().backward()  # still part of the graph
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any operation produces while active (forward or backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor):
-                self.numel = max(self.numel, tensor.numel())
-        return out
-
-
-def test_chunked_never_builds_logits_for_more_than_one_chunk():
-    positions, hidden, vocab, chunk = 64, 4, 5000, 8
-    teacher_hidden, student_hidden = torch.randn(1, positions, hidden), torch.randn(1, positions, hidden)
-    student_hidden.requires_grad_()
-    weight = torch.randn(vocab, hidden, requires_grad=True)
-    sizes = {}
-    for variant in ("naive", "chunked"):
-        forward, backward = LargestTensor(), LargestTensor()
-        with forward:
-            if variant == "naive":
-                value = token_divergence(teacher_hidden @ weight.T, student_hidden @ weight.T)
-            else:
-                value = chunked_token_divergence(teacher_hidden, student_hidden, weight, chunk_size=chunk)
-        with backward:
-            value.sum().backward()
-        sizes[variant] = (forward.numel, backward.numel)
-    assert sizes["naive"] == (positions * vocab, positions * vocab)  # the instrument sees both passes
-    assert sizes["chunked"] == (chunk * vocab, chunk * vocab)
-
-
 # ---- aggregation ----------------------------------------------------------------------------------------
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
@@ -448,8 +303,6 @@ def test_reference_kl_is_nonnegative(logps, refs):
 # ---- bad arguments --------------------------------------------------------------------------------------
 
 T3 = torch.zeros(1, 2, 5)
-H3 = torch.zeros(1, 2, 4)
-W = torch.zeros(5, 4)
 
 
 @pytest.mark.parametrize(
@@ -472,15 +325,6 @@ W = torch.zeros(5, 4)
         (lambda: token_divergence(T3, T3, "sampled_token", token_ids=torch.zeros(1, 2)), "token_ids"),
         (lambda: token_divergence(T3, T3, mask=torch.ones(2, 2)), "mask"),
         (lambda: token_divergence(T3, T3, clip=0), "clip"),
-        (lambda: chunked_token_divergence(H3, torch.zeros(1, 3, 4), W), "teacher_hidden"),
-        (lambda: chunked_token_divergence(H3, H3, torch.zeros(5, 3)), "lm_head_weight"),
-        (lambda: chunked_token_divergence(H3, H3, W, lm_head_bias=torch.zeros(4)), "lm_head_bias"),
-        (lambda: chunked_token_divergence(H3, H3, W, chunk_size=0), "chunk_size"),
-        (lambda: chunked_token_divergence(H3, H3, W, "jsd", alpha=2), "alpha"),
-        (lambda: chunked_token_divergence(H3, H3, W, "topk", topk=9), "topk"),
-        (lambda: chunked_token_divergence(H3, H3, W, "sampled_token"), "token_ids"),
-        (lambda: chunked_token_divergence(H3, H3, W, mask=torch.ones(1, 3)), "mask"),
-        (lambda: chunked_token_divergence_fn(H3, H3, lambda h: h @ W.T, "kl"), "kind"),
         (lambda: aggregate(VALUES, MASK, "mean"), "mode"),
         (lambda: aggregate(VALUES, MASK, "fixed_length"), "max_length"),
         (lambda: aggregate(VALUES, MASK[:, :2]), "mask_BT"),
