@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
 import warnings
@@ -26,6 +27,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "testbed": ("hsd.testbed.cli", "build the small pretrained testbed model"),
     "core-demo": ("hsd.core.demo", "a few training-free HSD core computations (no model needed)"),
 }
+
+
+class _NoCpuFallbackNotice(logging.Filter):
+    """Drops DeepSpeed's "Setting accelerator to CPU" warning. accelerate and transformers import DeepSpeed
+    whenever it is installed (saving a model, building a trainer); without a GPU it warns, on stdout,
+    that it falls back to the CPU: on this command line that is the device the user asked for. Every other
+    DeepSpeed message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+# transformers' bars for reading and writing weight files: over in a moment, they break the commands' own
+# progress displays (downloads keep their bars)
+WEIGHT_FILE_BARS = ("Loading weights", "Writing model shards")
+
+
+def _no_weight_file_bars(factory, args, kwargs):
+    """A `transformers.utils.logging.set_tqdm_hook` hook: the bars of WEIGHT_FILE_BARS are disabled."""
+    if kwargs.get("desc") in WEIGHT_FILE_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+def quiet_libraries() -> None:
+    """What the command line hides of its libraries' output: notices a user can do nothing about."""
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackNotice())  # before DeepSpeed is imported
+    # TRL 1.16's generation helper calls transformers' deprecated gradient_checkpointing_* names once per
+    # evaluation; a user can do nothing about it, so the command line does not repeat it.
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_tqdm_hook(_no_weight_file_bars)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_usage(sys.stderr)
         print(f"hsd: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    # TRL 1.16's generation helper calls transformers' deprecated gradient_checkpointing_* names once per
-    # evaluation; a user can do nothing about it, so the command line does not repeat it.
-    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
+    quiet_libraries()
     try:
         return run(name, rest)
     except UserError as exc:

@@ -39,6 +39,20 @@ def _nan(values):
     return [math.nan if v is None else v for v in values]
 
 
+def _save(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str, legend_size: int = 7) -> Path:
+    """Label the axes, add the legend (when any line has a label: none without analysed rollouts), write
+    the figure to `path` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_credit_profile(tables: dict, path: Path) -> Path:
     """Mean |A| against t - tau, one line per context, dashed: the same aligned at a random position."""
     plt = _pyplot()
@@ -50,14 +64,8 @@ def plot_credit_profile(tables: dict, path: Path) -> Path:
         ax.plot(profile["offsets"], _nan(profile[context]["mean_abs_random"]), color=color, ls="--", lw=0.8,
                 alpha=0.7, label=f"{LABELS[context]}, random position")  # fmt: skip
     ax.axvline(0, color="gray", lw=0.8)
-    ax.set_xlabel("t - tau (tokens)")
-    ax.set_ylabel("mean |A_t| (nats)")
-    ax.set_title("Credit aligned at the first divergence from the peer")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, xlabel="t - tau (tokens)", ylabel="mean |A_t| (nats)",
+                 title="Credit aligned at the first divergence from the peer")  # fmt: skip
 
 
 def plot_silence_curve(tables: dict, path: Path) -> Path:
@@ -74,14 +82,8 @@ def plot_silence_curve(tables: dict, path: Path) -> Path:
             color=COLORS[context],
             label=LABELS[context],
         )
-    ax.set_xlabel("relative position t / |o|")
-    ax.set_ylabel("mean |A_t| (nats)")
-    ax.set_title("Teacher silence: signal by position in the rollout")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, xlabel="relative position t / |o|", ylabel="mean |A_t| (nats)",
+                 title="Teacher silence: signal by position in the rollout", legend_size=8)  # fmt: skip
 
 
 def plot_coverage(tables: dict, path: Path) -> Path:
@@ -103,14 +105,8 @@ def plot_coverage(tables: dict, path: Path) -> Path:
             if row["n_problems"]:
                 ax.scatter([row["mean_pass_rate"]], [row["empirical"]], s=60, marker="D",
                            label=f"{bucket} (n={row['n_problems']})")  # fmt: skip
-    ax.set_xlabel("pass rate p of the group")
-    ax.set_ylabel("failed rollouts with a peer / rollouts")
-    ax.set_title("Coverage")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, xlabel="pass rate p of the group", ylabel="failed rollouts with a peer / rollouts",
+                 title="Coverage")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ report.html
@@ -180,62 +176,70 @@ def _tables_html(tables: dict) -> str:
         _table(header, _mass_rows(tables, "mass_within_tau_pos", "mass_within_random_tau_pos", widths)),
         _error_html(tables, widths),
         "<h3>Magnitude</h3>",
-        _table(
-            ["context", "mean |A| at tau", "mean |A| elsewhere", "ratio", "profile peak", "peak at t - tau"],
-            [
-                [
-                    LABELS[c],
-                    _fmt(tables["abs_credit_at_tau"][c]),
-                    _fmt(tables["abs_credit_elsewhere"][c]),
-                    _fmt(_ratio(tables["abs_credit_at_tau"][c], tables["abs_credit_elsewhere"][c]), 2),
-                    _fmt(tables["peak_credit_at_tau"][c]["peak"]),
-                    _fmt(tables["peak_credit_at_tau"][c]["peak_offset"]),
-                ]
-                for c in tables["contexts"]
-            ],
-        ),
+        _magnitude_table(tables),
         "<h3>By difficulty (group pass rate)</h3>",
-        _table(
-            ["bucket", "rollouts", "median tau", *(f"|A| at tau, {c}" for c in tables["contexts"])],
-            [
-                [
-                    b,
-                    _fmt(row["n_rollouts"]),
-                    _fmt(row["median_tau"], 1),
-                    *(_fmt(row["abs_credit_at_tau"].get(c)) for c in tables["contexts"]),
-                ]  # fmt: skip
-                for b, row in tables["by_difficulty"].items()
-            ],
-        ),
+        _difficulty_table(tables),
         "<h3>Shared prefix with the failed rollout (tokens)</h3>",
-        _table(
-            ["with", "n", "median", "mean", "none shared"],
-            [
-                [name, _fmt(s["n"]), _fmt(s["median"], 1), _fmt(s["mean"], 1), _pct(s["zero_share"])]
-                for name, s in (
-                    ("successful peer", tables["shared_prefix"]["peer"]),
-                    ("reference solution", tables["shared_prefix"]["reference"]),
-                )  # fmt: skip
-            ],
-        ),
+        _prefix_table(tables),
         "<h3>Coverage against f(p, G) (Eq. 12)</h3>",
-        _table(
-            ["bucket", "problems", "mean p", "empirical", "f(p, G)"],
-            [
-                [
-                    b,
-                    _fmt(r["n_problems"]),
-                    _fmt(r["mean_pass_rate"]),
-                    _fmt(r["empirical"]),
-                    _fmt(r["formula"]),
-                ]
-                for b, r in tables["coverage"]["buckets"].items()
-            ],
-        ),
+        _coverage_table(tables),
         "<h3>Counts</h3>",
         _table(["count", "value"], [[html.escape(k), _fmt(v)] for k, v in counts.items()]),
     ]
     return "\n".join(parts)
+
+
+def _magnitude_table(tables: dict) -> str:
+    """Mean |A| at tau and elsewhere, their ratio, and the credit profile's peak, per context."""
+    rows = [
+        [
+            LABELS[c],
+            _fmt(tables["abs_credit_at_tau"][c]),
+            _fmt(tables["abs_credit_elsewhere"][c]),
+            _fmt(_ratio(tables["abs_credit_at_tau"][c], tables["abs_credit_elsewhere"][c]), 2),
+            _fmt(tables["peak_credit_at_tau"][c]["peak"]),
+            _fmt(tables["peak_credit_at_tau"][c]["peak_offset"]),
+        ]
+        for c in tables["contexts"]
+    ]
+    header = ["context", "mean |A| at tau", "mean |A| elsewhere", "ratio", "profile peak", "peak at t - tau"]
+    return _table(header, rows)
+
+
+def _difficulty_table(tables: dict) -> str:
+    """Per difficulty bucket: rollouts, median tau, mean |A| at tau per context."""
+    contexts = tables["contexts"]
+    rows = [
+        [
+            b,
+            _fmt(row["n_rollouts"]),
+            _fmt(row["median_tau"], 1),
+            *(_fmt(row["abs_credit_at_tau"].get(c)) for c in contexts),
+        ]  # fmt: skip
+        for b, row in tables["by_difficulty"].items()
+    ]
+    return _table(["bucket", "rollouts", "median tau", *(f"|A| at tau, {c}" for c in contexts)], rows)
+
+
+def _prefix_table(tables: dict) -> str:
+    """How many tokens the failed rollout shares with its peer and with the reference solution."""
+    rows = [
+        [name, _fmt(s["n"]), _fmt(s["median"], 1), _fmt(s["mean"], 1), _pct(s["zero_share"])]
+        for name, s in (
+            ("successful peer", tables["shared_prefix"]["peer"]),
+            ("reference solution", tables["shared_prefix"]["reference"]),
+        )
+    ]
+    return _table(["with", "n", "median", "mean", "none shared"], rows)
+
+
+def _coverage_table(tables: dict) -> str:
+    """Empirical coverage against f(p, G) (Eq. 12) by difficulty bucket."""
+    rows = [
+        [b, _fmt(r["n_problems"]), _fmt(r["mean_pass_rate"]), _fmt(r["empirical"]), _fmt(r["formula"])]
+        for b, r in tables["coverage"]["buckets"].items()
+    ]
+    return _table(["bucket", "problems", "mean p", "empirical", "f(p, G)"], rows)
 
 
 def _error_html(tables: dict, widths: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_output import WARNINGS_ENV, noise
 
 from hsd.analysis.cli import analyze
 from hsd.tasks.problem import Problem, Verdict
@@ -103,9 +104,10 @@ def test_cli_writes_every_output(tiny_model_dir, tmp_path):
     command = [sys.executable, "-m", "hsd", "analyze", "--model", str(tiny_model_dir), "--dataset", str(data),
                "--problems", "2", "--group-size", "2", "--max-new-tokens", "6", "--min-failures", "4",
                "--verifier", "last-number", "--out", str(out), "--quiet"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **WARNINGS_ENV}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert noise(result.stdout + result.stderr) == []  # no weight-loading bar, DeepSpeed notice, own warning
     credit = json.loads((out / "credit.json").read_text())
     assert credit["counts"]["problems"] == 2 and credit["counts"]["rollouts"] == 4
     assert credit["settings"]["dataset"] == str(data) and credit["settings"]["group_size"] == 2
