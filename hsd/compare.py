@@ -308,6 +308,47 @@ def statistics_lines(stats: dict, baseline: str, split: str) -> list[str]:
     return lines
 
 
+def _method_row(method: str, runs: list[dict], threshold: float) -> str:
+    """One method's row of comparison.md: initial and final accuracy, steps to `threshold`, phase times."""
+    init_m, _ = _mean_std([r.get("initial_accuracy") for r in runs])
+    fin_m, fin_s = _mean_std([r.get("final_accuracy") for r in runs])
+    reached = [s for s in (steps_to_reach(r["accuracy_curve"], threshold) for r in runs) if s is not None]
+    reach = (
+        f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(runs)})" if reached else f"- (0/{len(runs)})"
+    )
+    phases = []
+    for name in ("rollout", "scoring", "teacher", "update"):
+        m, _ = _mean_std([r["phase_seconds"].get(name) for r in runs])
+        phases.append("-" if math.isnan(m) else f"{m:.2f}")
+    return f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {' | '.join(phases)} |"
+
+
+def _paired_sections(report: dict, results: list[dict], baseline: str) -> list[str]:
+    """The sections of comparison.md against `baseline`, one per split that was evaluated, and the pairing
+    check; their statistics go into `report` (comparison.json)."""
+    report["baseline"] = baseline
+    report["statistics"] = {}
+    lines = []
+    for split in SPLIT_KEYS:
+        if not any(r.get(SPLIT_KEYS[split][2]) for r in results):
+            continue
+        stats = paired_statistics(results, baseline, split)
+        report["statistics"][split] = stats
+        lines += [
+            "",
+            f"## Against {baseline}, {split} split",
+            "",
+            f"Final and area-under-curve accuracy (the curve's mean over training, trapezoids), mean +/- std "
+            f"over seeds; paired difference to {baseline} over the seeds both ran (same seed: same initial "
+            "model, data order and evaluation samples), with its 95% t-interval and the paired t-test's "
+            "two-sided p-value.",
+            "",
+            *statistics_lines(stats, baseline, split),
+        ]
+    same = report["pairing"]["same_initial_accuracy_per_seed"]
+    return lines + ["", f"Pairing check: step-0 accuracy identical across methods for every seed: {same}."]
+
+
 def write_comparison(
     results: list[dict],
     out: Path,
@@ -334,45 +375,12 @@ def write_comparison(
         "| method | initial acc | final acc | steps to threshold | rollout s | scoring s | teacher s | update s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for method in methods:
-        runs = [r for r in results if r["method"] == method]
-        init_m, _ = _mean_std([r.get("initial_accuracy") for r in runs])
-        fin_m, fin_s = _mean_std([r.get("final_accuracy") for r in runs])
-        reached = [s for s in (steps_to_reach(r["accuracy_curve"], threshold) for r in runs) if s is not None]
-        reach = (
-            f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(runs)})"
-            if reached
-            else f"- (0/{len(runs)})"
-        )
-        phases = []
-        for name in ("rollout", "scoring", "teacher", "update"):
-            m, _ = _mean_std([r["phase_seconds"].get(name) for r in runs])
-            phases.append("-" if math.isnan(m) else f"{m:.2f}")
-        lines.append(
-            f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {' | '.join(phases)} |"
-        )
+    lines += [
+        _method_row(method, [r for r in results if r["method"] == method], threshold) for method in methods
+    ]
     report = {"command": command, "seeds": seeds, "runs": results, "pairing": pairing_check(results)}
     if baseline is not None:
-        report["baseline"] = baseline
-        report["statistics"] = {}
-        for split in SPLIT_KEYS:
-            if not any(r.get(SPLIT_KEYS[split][2]) for r in results):
-                continue
-            stats = paired_statistics(results, baseline, split)
-            report["statistics"][split] = stats
-            lines += [
-                "",
-                f"## Against {baseline}, {split} split",
-                "",
-                f"Final and area-under-curve accuracy (the curve's mean over training, trapezoids), mean +/- std "
-                f"over seeds; paired difference to {baseline} over the seeds both ran (same seed: same initial "
-                "model, data order and evaluation samples), with its 95% t-interval and the paired t-test's "
-                "two-sided p-value.",
-                "",
-                *statistics_lines(stats, baseline, split),
-            ]
-        same = report["pairing"]["same_initial_accuracy_per_seed"]
-        lines += ["", f"Pairing check: step-0 accuracy identical across methods for every seed: {same}."]
+        lines += _paired_sections(report, results, baseline)
     path = out / "comparison.md"
     path.write_text("\n".join(lines) + "\n")
     (out / "comparison.json").write_text(json.dumps(report, indent=2, default=str))

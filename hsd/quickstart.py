@@ -44,7 +44,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
-    from rich.table import Table
 
     from hsd.compare import compare
     from hsd.models import testbed_model
@@ -76,25 +75,46 @@ def main(args: argparse.Namespace) -> int:
     )
 
     console.print("credit report of the trained HSD model ...")
+    credit_report(out / "hsd" / f"seed-{args.seed}" / "final", out / "credit", recipe, args)
+    console.print(
+        results_table(
+            results, f"held-out accuracy (pass@1, {len(held_out)} problems x {args.eval_k} samples)"
+        )
+    )
+    console.print(
+        f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
+        "{metrics.jsonl, eval.jsonl, recipe.json, final/, runs/ (TensorBoard)}, credit/report.html)"
+    )
+    console.print(f"total time: {time.time() - start:.0f}s")
+    return 0
+
+
+def credit_report(model_dir: Path, out: Path, recipe: dict, args: argparse.Namespace) -> None:
+    """`hsd analyze` of the trained model on `--analysis-problems` held-out problems, into `out`."""
     from hsd.analysis.cli import analyze
     from hsd.models import load_model, load_tokenizer
+    from hsd.tasks.datasets import load_problems
 
-    hsd_final = str(out / "hsd" / f"seed-{args.seed}" / "final")
-    analysis_problems = load_problems(HELD_OUT.replace("n=128", f"n={args.analysis_problems}"))
+    problems = load_problems(HELD_OUT.replace("n=128", f"n={args.analysis_problems}"))
     analyze(
-        load_model(hsd_final),
-        load_tokenizer(hsd_final),
-        analysis_problems,
-        out_dir=out / "credit",
+        load_model(str(model_dir)),
+        load_tokenizer(str(model_dir)),
+        problems,
+        out_dir=out,
         group_size=recipe["num_generations"],
         max_new_tokens=recipe["max_completion_length"],
         min_failures=64,
         seed=args.seed,
         progress=False,
-        info={"model": hsd_final, "dataset": HELD_OUT},
+        info={"model": str(model_dir), "dataset": HELD_OUT},
     )
 
-    table = Table(title=f"held-out accuracy (pass@1, {len(held_out)} problems x {args.eval_k} samples)")
+
+def results_table(results: list[dict], title: str):
+    """Each method's held-out accuracy before and after training, and its training time, as a rich table."""
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("method", "before", "after", "train time"):
         table.add_column(column)
     for r in results:
@@ -104,10 +124,4 @@ def main(args: argparse.Namespace) -> int:
             f"{r['final_accuracy']:.3f}",
             f"{r['train_seconds']:.0f}s",
         )
-    console.print(table)
-    console.print(
-        f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
-        "{metrics.jsonl, eval.jsonl, recipe.json, final/, runs/ (TensorBoard)}, credit/report.html)"
-    )
-    console.print(f"total time: {time.time() - start:.0f}s")
-    return 0
+    return table

@@ -35,6 +35,16 @@ from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 # answer (Eq. 9); reference, the reference solution (SDFT)
 CONTEXTS = ("opsd", "hsd", "reference")
 WIDTHS = (2, 4, 8, 16, 32)
+# the tables of credit.json that hold one entry per context
+PER_CONTEXT_TABLES = (
+    "mass_within",
+    "mass_within_random",
+    "mass_within_tau_pos",
+    "mass_within_random_tau_pos",
+    "abs_credit_at_tau",
+    "abs_credit_elsewhere",
+    "peak_credit_at_tau",
+)
 # difficulty by the group's pass rate p: > .5 easy, .2 to .5 medium, < .2 hard (the paper's buckets)
 DIFFICULTIES = ("easy", "medium", "hard")
 
@@ -174,18 +184,7 @@ def credit_tables(
     positive = {i for i, tau in enumerate(taus) if tau is not None and tau > 0}
     with_tau = [tau for tau in taus if tau is not None]
 
-    tables: dict = {"contexts": contexts}
-    keys = (
-        "mass_within",
-        "mass_within_random",
-        "mass_within_tau_pos",
-        "mass_within_random_tau_pos",
-        "abs_credit_at_tau",
-        "abs_credit_elsewhere",
-        "peak_credit_at_tau",
-    )
-    for key in keys:
-        tables[key] = {}
+    tables: dict = {"contexts": contexts, **{key: {} for key in PER_CONTEXT_TABLES}}
     profile: dict = {}
     for context in contexts:
         members = [i for i, r in enumerate(rollouts) if context in r.teacher_logps]
@@ -208,40 +207,43 @@ def credit_tables(
         offsets, means, counts = credit_profile(c_all, t_all, window)
         _, random_means, _ = credit_profile(c_all, r_all, window)
         profile[context] = {"mean_abs": means, "counts": counts, "mean_abs_random": random_means}
-        # the peak over offsets that at least half as many rollouts reach as tau itself (a mean over two
-        # rollouts far before tau is noise when nearly every tau is 0)
-        enough = max(1, counts[window]) / 2
-        finite = [(m, d) for m, d, n in zip(means, offsets, counts) if n >= enough and not math.isnan(m)]
-        peak, peak_offset = max(finite) if finite else (math.nan, None)
-        tables["peak_credit_at_tau"][context] = {
-            "at_tau": means[window],  # mean |A_tau|: the profile at offset 0
-            "peak": peak,  # the profile's maximum within +/- window, and where it is
-            "peak_offset": peak_offset,
-        }
+        tables["peak_credit_at_tau"][context] = _peak_credit(offsets, means, counts, window)
     tables["credit_profile"] = {"offsets": list(range(-window, window + 1)), **profile}
-    centers = silence_curve([], bins)[0]
-    tables["silence_curve"] = {"bins": centers}
-    for context in contexts:
-        credits = [r.credit(context) for r in rollouts if context in r.teacher_logps]
-        tables["silence_curve"][context] = silence_curve(credits, bins)[1]
+    tables["silence_curve"] = _silence_tables(rollouts, contexts, bins)
     tables["median_tau"] = _median(with_tau)
     tables["tau_zero_share"] = sum(t == 0 for t in with_tau) / len(with_tau) if with_tau else None
     tables["n_tau_pos"] = len(positive)
+    references = [r for r in rollouts if r.reference_ids is not None]
     tables["shared_prefix"] = {
         "peer": _prefix_stats(with_tau),
-        "reference": _prefix_stats(
-            [
-                _shared_prefix(r.completion_ids, r.reference_ids)
-                for r in rollouts
-                if r.reference_ids is not None
-            ]
-        ),
+        "reference": _prefix_stats([_shared_prefix(r.completion_ids, r.reference_ids) for r in references]),
     }
     tables["error_position"] = _error_tables(rollouts, contexts, taus, control, widths)
     tables["by_difficulty"] = _by_difficulty(rollouts, contexts, window)
     tables["coverage"] = coverage_table(groups)
     tables["counts"] = _counts(rollouts, groups)
     return _clean(tables)
+
+
+def _peak_credit(offsets: list[int], means: list[float], counts: list[int], window: int) -> dict:
+    """Mean |A| at tau (the profile at offset 0) and the profile's peak within +/- window, and where it is.
+
+    The peak is over the offsets that at least half as many rollouts reach as tau itself (a mean over two
+    rollouts far before tau is noise when nearly every tau is 0).
+    """
+    enough = max(1, counts[window]) / 2
+    finite = [(m, d) for m, d, n in zip(means, offsets, counts) if n >= enough and not math.isnan(m)]
+    peak, peak_offset = max(finite) if finite else (math.nan, None)
+    return {"at_tau": means[window], "peak": peak, "peak_offset": peak_offset}
+
+
+def _silence_tables(rollouts: Sequence[FailedRollout], contexts: Sequence[str], bins: int) -> dict:
+    """Mean |A| by relative position t / |o| in `bins` bins, per context, with the bins' centers."""
+    tables = {"bins": silence_curve([], bins)[0]}
+    for context in contexts:
+        credits = [r.credit(context) for r in rollouts if context in r.teacher_logps]
+        tables[context] = silence_curve(credits, bins)[1]
+    return tables
 
 
 def _error_tables(rollouts, contexts, taus, control, widths) -> dict | None:

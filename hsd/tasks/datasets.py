@@ -87,51 +87,58 @@ def load_problems(
         raise UserError(f"kind must be one of {KINDS}, got {kind!r}")
     spec = str(spec)
     if spec.startswith("rg:"):
-        from hsd.tasks.gym import load_gym_problems
+        problems = _gym_problems(spec, limit=limit, seed=seed, instruction=instruction)
+    elif spec.startswith("testbed:"):
+        problems = _testbed_problems(spec, split=split, limit=limit, seed=seed)
+    else:
+        rows, source, prefix = _spec_rows(spec, split)
+        return rows_to_problems(rows, source, prefix=prefix, limit=limit, instruction=instruction,
+                                field_map=field_map, kind=kind)  # fmt: skip
+    return problems[:limit] if limit is not None else problems
 
-        name, options = _query(spec, "rg:")
-        size = options.pop("size", limit or 100)
-        problems = load_gym_problems(
-            name, size=size, seed=options.pop("seed", seed), config=options, instruction=instruction
-        )
-        return problems[:limit] if limit is not None else problems
-    if spec.startswith("testbed:"):
-        name, options = _query(spec, "testbed:")
-        if name != "chain":
-            raise UserError(f"spec {spec!r}: the testbed task is 'chain', got {name!r}")
-        from hsd.tasks.chain import load_chain_problems
 
-        options.setdefault("seed", seed)
-        if split is not None:
-            options.setdefault("split", split)
-        if limit is not None:
-            options.setdefault("n", limit)
-        problems = load_chain_problems(**options)
-        return problems[:limit] if limit is not None else problems
-    prefix = None
+def _gym_problems(spec: str, *, limit: int | None, seed: int, instruction: str | None) -> list[Problem]:
+    """`rg:NAME?size=100&seed=1&key=value`: reasoning-gym's NAME (size defaults to limit, else 100)."""
+    from hsd.tasks.gym import load_gym_problems
+
+    name, options = _query(spec, "rg:")
+    size = options.pop("size", limit or 100)
+    return load_gym_problems(
+        name, size=size, seed=options.pop("seed", seed), config=options, instruction=instruction
+    )
+
+
+def _testbed_problems(spec: str, *, split: str | None, limit: int | None, seed: int) -> list[Problem]:
+    """`testbed:chain?variant=multi&steps=4`: the testbed chain task; the spec's own n, seed and split win."""
+    name, options = _query(spec, "testbed:")
+    if name != "chain":
+        raise UserError(f"spec {spec!r}: the testbed task is 'chain', got {name!r}")
+    from hsd.tasks.chain import load_chain_problems
+
+    options.setdefault("seed", seed)
+    if split is not None:
+        options.setdefault("split", split)
+    if limit is not None:
+        options.setdefault("n", limit)
+    return load_chain_problems(**options)
+
+
+def _spec_rows(spec: str, split: str | None) -> tuple[list[Row], str, str]:
+    """The rows of a hub dataset (`hf:`), a file, a `datasets` directory or a short name, where they came
+    from, and the prefix of their problem ids."""
     if spec.startswith("hf:"):
         rows, source = _hub_rows(spec, split), spec
-    else:
-        path = Path(spec)
-        if spec in SHORT_NAMES and not path.exists():
-            relative, prefix = SHORT_NAMES[spec]
-            path = data_dir() / relative
-            if not path.is_file():
-                raise MissingInputError(
-                    f"{spec!r} resolves to {path}, which does not exist; set HSD_DATA_DIR (now "
-                    f"{os.environ.get('HSD_DATA_DIR') or 'unset'}) or run from a directory with ../shared/data"
-                )
-        rows, source = _file_rows(path, split), str(path)
-        prefix = prefix or path.stem
-    return rows_to_problems(
-        rows,
-        source,
-        prefix=prefix or spec,
-        limit=limit,
-        instruction=instruction,
-        field_map=field_map,
-        kind=kind,
-    )
+        return rows, source, spec
+    path, prefix = Path(spec), None
+    if spec in SHORT_NAMES and not path.exists():
+        relative, prefix = SHORT_NAMES[spec]
+        path = data_dir() / relative
+        if not path.is_file():
+            raise MissingInputError(
+                f"{spec!r} resolves to {path}, which does not exist; set HSD_DATA_DIR (now "
+                f"{os.environ.get('HSD_DATA_DIR') or 'unset'}) or run from a directory with ../shared/data"
+            )
+    return _file_rows(path, split), str(path), prefix or path.stem or spec
 
 
 # ---------------------------------------------------------------- reading rows: (row number, row or error)

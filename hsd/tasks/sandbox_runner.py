@@ -329,6 +329,15 @@ def _no_new_privileges() -> None:
 
 def candidate_main(job: dict, request_fd: int, reply_fd: int, output_fd: int) -> None:
     """In the forked child: confine, load the program, then answer calls until the judge closes the pipe."""
+    _confine(job, request_fd, reply_fd, output_fd)
+    deadline = time.monotonic() + 3600  # the judge enforces the real limits
+    function = _load_entry_point(job, reply_fd, deadline)
+    _answer_calls(function, request_fd, reply_fd, deadline)
+
+
+def _confine(job: dict, request_fd: int, reply_fd: int, output_fd: int) -> None:
+    """Own process group, default signals, only the pipes and the output open (stdin: /dev/null), in the
+    working directory, no new privileges, resource limits, the job's uid, and the audit guard."""
     os.setpgid(0, 0)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
@@ -357,7 +366,11 @@ def candidate_main(job: dict, request_fd: int, reply_fd: int, output_fd: int) ->
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
     if job.get("audit_guard", True):
         _install_guard(job["workdir"])
-    deadline = time.monotonic() + 3600  # the judge enforces the real limits
+
+
+def _load_entry_point(job: dict, reply_fd: int, deadline: float):
+    """Run the prompt's prelude and the solution, and return its entry point; on failure, tell the judge
+    why (`load_error`) and exit."""
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
     try:
         for source, filename in ((job.get("prelude") or "", "<prompt>"), (job["code"], "<solution>")):
@@ -376,6 +389,12 @@ def candidate_main(job: dict, request_fd: int, reply_fd: int, output_fd: int) ->
             reply_fd, {"load_error": f"the code does not define a function {job['entry_point']!r}"}, deadline
         )
         os._exit(0)
+    return function
+
+
+def _answer_calls(function, request_fd: int, reply_fd: int, deadline: float) -> None:
+    """Say ready, then call `function` on each request's arguments and send back its result (or what it
+    raised), until the judge closes the request pipe."""
     pid = os.getpid()
     send(reply_fd, {"ready": True}, deadline)
     while True:
