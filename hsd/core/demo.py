@@ -107,24 +107,11 @@ def _show_losses(generator: torch.Generator) -> None:
     mask_BT = torch.ones(batch, length)
     mask_BT[1, 4:] = 0
     keep_BT = mask_BT.bool()
+    logits = (teacher_BTH @ weight_VH.T, student_BTH @ weight_VH.T)
+    kept = (teacher_BTH[keep_BT], student_BTH[keep_BT], token_ids_BT[keep_BT])  # the engine's [N, ...]
     for kind in DIVERGENCE_KINDS:
-        naive_BT = token_divergence(
-            teacher_BTH @ weight_VH.T,
-            student_BTH @ weight_VH.T,
-            kind,
-            topk=20,
-            token_ids=token_ids_BT,
-            mask=mask_BT,
-        )
-        chunked_N = distill_terms(
-            teacher_BTH[keep_BT],
-            student_BTH[keep_BT],
-            token_ids_BT[keep_BT],
-            weight_VH,
-            kind=kind,
-            topk=20,
-            chunk_size=4,
-        ).divergence
+        naive_BT = token_divergence(*logits, kind, topk=20, token_ids=token_ids_BT, mask=mask_BT)
+        chunked_N = distill_terms(*kept, weight_VH, kind=kind, topk=20, chunk_size=4).divergence
         loss = aggregate(naive_BT, mask_BT, "sequence_mean")  # Eq. 10
         gap = float((naive_BT[keep_BT] - chunked_N).abs().max())
         print(f"{kind:>18}: loss (Eq. 10 mean) {float(loss):+.4f}   |chunked - naive| max {gap:.1e}")

@@ -90,13 +90,23 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
+class _KLSettings(NamedTuple):
+    """What the worked-out route needs besides the tensors."""
+
+    inv_t: float  # 1 / temperature
+    inv_t_teacher: float  # 1 / (temperature * teacher_temperature)
+    chunk_size: int
+    clip: float | None  # cap of each position's divergence
+    keep_grad: bool  # keep the [N, V] logit gradient from the forward
+
+
 def _student_logit_grad(
-    h_student, h_teacher, weight, bias, lse_student, lse_teacher, ids, g_div, g_logp, ctx
+    h_student, h_teacher, lse_student, lse_teacher, ids, weight, bias, g_div, g_logp, opts
 ):
     """dL/dz_S = g_div (pS - pT) + g_logp (onehot(o_t) - pS) on one chunk, [n, V] float32, both
     distributions rebuilt from the hidden states and the forward's log-normalisers."""
-    p_student = _logits_fp32(h_student, weight, bias, ctx.inv_t).sub_(lse_student[:, None]).exp_()
-    p_teacher = _logits_fp32(h_teacher, weight, bias, ctx.inv_t_teacher).sub_(lse_teacher[:, None]).exp_()
+    p_student = _logits_fp32(h_student, weight, bias, opts.inv_t).sub_(lse_student[:, None]).exp_()
+    p_teacher = _logits_fp32(h_teacher, weight, bias, opts.inv_t_teacher).sub_(lse_teacher[:, None]).exp_()
     coef = g_div if g_logp is None else g_div - g_logp
     grad_logits = p_student.mul_(coef[:, None]).addcmul_(p_teacher, g_div[:, None], value=-1.0)
     if g_logp is not None:
@@ -120,21 +130,9 @@ class _TeacherStudentKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx,
-        student_NH,
-        teacher_NH,
-        token_ids_N,
-        weight_VH,
-        bias_V,
-        temperature,
-        chunk_size,
-        clip,
-        keep_grad,
-        teacher_temperature,
-    ):
+    def forward(ctx, student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, opts: _KLSettings):
         dtype = _compute_dtype(student_NH)
-        inv_t, inv_t_teacher = 1.0 / temperature, 1.0 / (temperature * teacher_temperature)
+        inv_t, inv_t_teacher, chunk_size, clip, keep_grad = opts
         N = student_NH.size(0)
         divergence_N = student_NH.new_empty(N, dtype=torch.float32)
         student_logp_N, teacher_logp_N = torch.empty_like(divergence_N), torch.empty_like(divergence_N)
@@ -168,8 +166,7 @@ class _TeacherStudentKL(torch.autograd.Function):
         ctx.save_for_backward(
             student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N, kept_NV
         )
-        ctx.keep_N, ctx.inv_t, ctx.chunk_size, ctx.dtype = keep_N, inv_t, chunk_size, dtype
-        ctx.inv_t_teacher = inv_t_teacher
+        ctx.keep_N, ctx.opts, ctx.dtype = keep_N, opts, dtype
         ctx.mark_non_differentiable(teacher_logp_N, student_ent_N, teacher_ent_N)
         return divergence_N, student_logp_N, teacher_logp_N, student_ent_N, teacher_ent_N
 
@@ -178,7 +175,7 @@ class _TeacherStudentKL(torch.autograd.Function):
         student_NH, teacher_NH, token_ids_N, weight_VH, bias_V, student_lse_N, teacher_lse_N, kept_NV = (
             ctx.saved_tensors
         )
-        inv_t, dtype = ctx.inv_t, ctx.dtype
+        opts, inv_t, dtype = ctx.opts, ctx.opts.inv_t, ctx.dtype
         need_hidden, _, _, need_weight, need_bias = ctx.needs_input_grad[:5]
         N = student_NH.size(0)
         g_div = student_lse_N.new_zeros(N) if grad_divergence_N is None else grad_divergence_N.float()
@@ -190,8 +187,8 @@ class _TeacherStudentKL(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias_V, dtype=torch.float32) if need_bias else None
         with torch.autocast(student_NH.device.type, enabled=False):
             weight = weight_VH.to(dtype)
-            for start in range(0, N, ctx.chunk_size):
-                sl = slice(start, start + ctx.chunk_size)
+            for start in range(0, N, opts.chunk_size):
+                sl = slice(start, start + opts.chunk_size)
                 g_div_n = g_div[sl] * inv_t  # 1 / temperature folded into the upstream gradients
                 g_logp_n = None if g_logp is None or not g_logp[sl].any() else g_logp[sl] * inv_t
                 if g_logp_n is None and not g_div_n.any():
@@ -200,17 +197,9 @@ class _TeacherStudentKL(torch.autograd.Function):
                 if kept_NV is not None and g_logp_n is None:
                     grad_logits = kept_NV[sl].float() * g_div_n[:, None]
                 else:
+                    chunk = (h_student, teacher_NH[sl].to(dtype), student_lse_N[sl], teacher_lse_N[sl])
                     grad_logits = _student_logit_grad(
-                        h_student,
-                        teacher_NH[sl].to(dtype),
-                        weight,
-                        bias_V,
-                        student_lse_N[sl],
-                        teacher_lse_N[sl],
-                        token_ids_N[sl],
-                        g_div_n,
-                        g_logp_n,
-                        ctx,
+                        *chunk, token_ids_N[sl], weight, bias_V, g_div_n, g_logp_n, opts
                     )
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
@@ -225,48 +214,30 @@ class _TeacherStudentKL(torch.autograd.Function):
             None,
             grad_weight.to(weight_VH.dtype) if need_weight else None,
             grad_bias.to(bias_V.dtype) if need_bias else None,
-            *(None,) * 5,
+            None,
         )
 
 
 def _worked_out(
-    teacher_NH,
-    student_NH,
-    token_ids_N,
-    weight_VH,
-    bias_V,
-    temperature,
-    teacher_temperature,
-    clip,
-    chunk_size,
-    keep_grad_bytes,
+    teacher_NH, student_NH, token_ids_N, weight_VH, bias_V, opts, keep_grad_bytes
 ) -> DistillTerms:
     """The [N, V] student-logit gradient is kept from the forward when it fits in `keep_grad_bytes` (and
     gradients flow); otherwise the backward recomputes both logits chunk by chunk."""
     dtype = _compute_dtype(student_NH)
     size = student_NH.size(0) * weight_VH.size(0) * torch.empty((), dtype=dtype).element_size()
     keep = torch.is_grad_enabled() and student_NH.requires_grad and size <= keep_grad_bytes
+    opts = opts._replace(keep_grad=keep)
     return DistillTerms(
-        *_TeacherStudentKL.apply(
-            student_NH,
-            teacher_NH.detach(),
-            token_ids_N,
-            weight_VH,
-            bias_V,
-            float(temperature),
-            int(chunk_size),
-            clip,
-            keep,
-            float(teacher_temperature),
-        )
+        *_TeacherStudentKL.apply(student_NH, teacher_NH.detach(), token_ids_N, weight_VH, bias_V, opts)
     )
 
 
 # ---- autograd through checkpointed chunks: any divergence, any head -------------------------------------
 
 
-def _autograd_chunk(teacher_nH, student_nH, token_ids_n, head, temperature, teacher_temperature, options):
+def _autograd_chunk(teacher_nH, student_nH, token_ids_n, head, temperatures, options):
     """Divergence, sampled-token log-probs and entropies on one chunk of positions (teacher detached)."""
+    temperature, teacher_temperature = temperatures
     student_logits = head(student_nH).float() / temperature
     with torch.no_grad():
         teacher_logits = head(teacher_nH.detach()).float() / (temperature * teacher_temperature)
@@ -280,7 +251,7 @@ def _autograd_chunk(teacher_nH, student_nH, token_ids_n, head, temperature, teac
 
 
 def _autograd_chunks(
-    teacher_NH, student_NH, token_ids_N, head, temperature, teacher_temperature, chunk_size, options
+    teacher_NH, student_NH, token_ids_N, head, temperatures, chunk_size, options
 ) -> DistillTerms:
     """Each chunk under activation checkpointing: its [chunk, V] logits are rebuilt in the backward pass
     instead of being kept. Every process runs as many chunks (`chunks_on_every_rank`): a sharded head
@@ -288,15 +259,7 @@ def _autograd_chunks(
     parts = []
     for chunk in range(chunks_on_every_rank(student_NH.size(0), chunk_size)):
         sl = slice(chunk * chunk_size, (chunk + 1) * chunk_size)  # may be empty on this process
-        args = (
-            teacher_NH[sl],
-            student_NH[sl],
-            token_ids_N[sl],
-            head,
-            temperature,
-            teacher_temperature,
-            options,
-        )
+        args = (teacher_NH[sl], student_NH[sl], token_ids_N[sl], head, temperatures, options)
         if torch.is_grad_enabled() and student_NH.requires_grad:
             parts.append(checkpoint(_autograd_chunk, *args, use_reentrant=False))
         else:
@@ -397,10 +360,10 @@ def distill_terms(
     hidden = (teacher_hidden_NH, student_hidden_NH, token_ids_N)
     linear = _linear_head(head, bias) if analytic and kind == "kl_teacher_student" else None
     if linear is not None and token_ids_N.numel():  # none here: the autograd route keeps the graph
-        return _worked_out(
-            *hidden, *linear, temperature, teacher_temperature, clip, chunk_size, keep_grad_bytes
-        )
+        inv_t, inv_t_teacher = 1.0 / temperature, 1.0 / (temperature * teacher_temperature)
+        opts = _KLSettings(inv_t, inv_t_teacher, chunk_size, clip, keep_grad=False)
+        return _worked_out(*hidden, *linear, opts, keep_grad_bytes)
     if isinstance(head, torch.Tensor):
         head = functools.partial(F.linear, weight=head, bias=bias)
     options = {"kind": kind, "alpha": alpha, "topk": topk, "clip": clip}  # `token_divergence`'s
-    return _autograd_chunks(*hidden, head, temperature, teacher_temperature, chunk_size, options)
+    return _autograd_chunks(*hidden, head, (temperature, teacher_temperature), chunk_size, options)
