@@ -21,7 +21,7 @@ from hsd.sampling import (
     VerifiedGroups,
     add_sampling_arguments,
     eos_ids,
-    load_for_sampling,
+    problems_and_model,
     progress_bar,
     sample_and_verify,
 )
@@ -294,12 +294,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from hsd.tasks.datasets import load_problems
-
-    problems = load_problems(
-        args.dataset, split=args.split, limit=args.limit, instruction=args.instruction, seed=args.seed
-    )
-    loaded = load_for_sampling(args.model, args.device, args.threads)
+    problems, loaded = problems_and_model(args, limit=args.limit)
     summary = evaluate(
         loaded.model,
         loaded.tokenizer,

@@ -220,6 +220,18 @@ def load_for_sampling(name: str, device: str | None = None, threads: int | None 
     return LoadedModel(model, tokenizer, device, threads, resolve_model(name).pretrained)
 
 
+def problems_and_model(args: argparse.Namespace, limit: int | None) -> tuple[list[Problem], LoadedModel]:
+    """What `hsd eval` and `hsd analyze` start from: at most `limit` problems of --dataset (--split,
+    --instruction, --seed), then --model on --device with --threads. The problems come first, so that a
+    mistake in the data stops the command before any model loads."""
+    from hsd.tasks.datasets import load_problems
+
+    problems = load_problems(
+        args.dataset, split=args.split, limit=limit, instruction=args.instruction, seed=args.seed
+    )
+    return problems, load_for_sampling(args.model, args.device, args.threads)
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the commands that sample and verify (`hsd eval`, `hsd analyze`): the problems'
     split and instruction, the verifier, where the model runs, the progress bar."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from hsd.analysis.credit import CONTEXTS, WIDTHS, FailedRollout, collect, credit_tables
 from hsd.analysis.report import write_report
 from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
-from hsd.sampling import SamplingSettings, add_sampling_arguments, load_for_sampling
+from hsd.sampling import SamplingSettings, add_sampling_arguments, problems_and_model
 from hsd.tasks.problem import Problem
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
@@ -139,15 +139,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from hsd.errors import UserError
-    from hsd.tasks.datasets import load_problems
 
     start = time.perf_counter()
     if args.problems < 1:
         raise UserError(f"--problems must be >= 1, got {args.problems}")
-    problems = load_problems(
-        args.dataset, split=args.split, limit=args.problems, instruction=args.instruction, seed=args.seed
-    )
-    loaded = load_for_sampling(args.model, args.device, args.threads)
+    problems, loaded = problems_and_model(args, limit=args.problems)
     credit = analyze(
         loaded.model,
         loaded.tokenizer,
