@@ -1,18 +1,19 @@
 """`HSDTrainer`: TRL's `GRPOTrainer` with a self-teacher conditioned on a successful peer (HSD) and baselines.
 
-Overrides: `_calculate_rewards` (keeps the batch for peer choice), `_generate_and_score_completions` (peers,
-contexts, teacher prompts), `_compute_loss` (distillation / RLSD on top of TRL's loss), `training_step`
-(phase timings). The GRPO-family losses are TRL's own.
+Overrides: `_calculate_rewards` (keeps the batch for peer choice), `_generate_and_score_completions` (plans
+each rollout's teacher with `hsd.core.plan`, renders and pads the teacher prompts), `_compute_loss`
+(distillation / RLSD on top of TRL's loss), `training_step` (phase timings). The GRPO-family losses are
+TRL's own.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -22,12 +23,10 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from hsd.core.contexts import build_contexts
 from hsd.core.distill import DistillTerms, analytic_head_refusal
-from hsd.core.divergence import first_divergence
 from hsd.core.head import chunked_token_logps, output_head
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
-from hsd.core.peers import group_outcomes, select_peers
+from hsd.core.plan import GroupStatistics, TeacherPlan, plan_teachers
 from hsd.core.positions import distill_position_mask, rollout_regions
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
 from hsd.teacher.prompt import teacher_input_ids
@@ -121,6 +120,16 @@ def validate_dataset(dataset, args: HSDConfig) -> None:
             )
 
 
+@dataclass(frozen=True)
+class _ScoredBatch:
+    """This process's rollouts as `_calculate_rewards` scored them: kept to plan and render their teachers."""
+
+    inputs: list[dict]
+    prompts: list
+    completion_ids: list  # token ids per rollout
+    rewards_per_func: torch.Tensor  # [N, F], every process's rollouts (TRL gathers them)
+
+
 class _EMATeacherCallback(TrainerCallback):
     """After each optimizer step: teacher <- decay * teacher + (1 - decay) * policy."""
 
@@ -179,7 +188,7 @@ class HSDTrainer(GRPOTrainer):
             logger.warning(line)
         self._peer_draws = 0
         self._phase = defaultdict(float)
-        self._hsd_batch: dict | None = None
+        self._hsd_batch: _ScoredBatch | None = None
         self.last_peers: list[int | None] | None = None
         self.last_contexts: list | None = None
         self.teacher_model = None  # None: the live policy under stop-gradient (the paper's choice)
@@ -323,12 +332,7 @@ class HSDTrainer(GRPOTrainer):
                     "reward function %r returned +-inf for %d of %d completions: counted as not computed",
                     name, count, len(rewards_per_func),
                 )  # fmt: skip
-        self._hsd_batch = dict(
-            inputs=inputs,
-            prompts=prompts,
-            completion_ids=completion_ids_list,
-            rewards_per_func=rewards_per_func,
-        )
+        self._hsd_batch = _ScoredBatch(inputs, prompts, completion_ids_list, rewards_per_func)
         return rewards_per_func
 
     def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
@@ -345,77 +349,86 @@ class HSDTrainer(GRPOTrainer):
         return generator
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        args = self.args
-        batch, self._hsd_batch = self._hsd_batch, None
-        mode = "train" if self.model.training else "eval"
-        rewards = self._total_rewards(batch["rewards_per_func"]).cpu()  # all processes, in process order
+        """The method's steps 1-5 on this process's share of the batch:
+        1. G rollouts per prompt, scored: TRL's own (`_generate`, `_calculate_rewards` keeps what it scored);
+        2-4. each rollout's outcome, peer, teacher context and tau: `hsd.core.plan.plan_teachers`;
+        5. the teacher prompts [q ; c_i], rendered and left-padded, attached to the batch; statistics logged.
+        """
+        output = super()._generate_and_score_completions(inputs)  # 1.
+        scored, self._hsd_batch = self._hsd_batch, None
+        rewards = self._checked_rewards(scored.rewards_per_func)
+        all_ids = None
+        if self.args.needs_teacher:  # every process's completions, in process order
+            all_ids = gather_object([list(map(int, ids)) for ids in scored.completion_ids])
+        plan = self._plan_teachers(scored, rewards, all_ids, output)  # 2-4.
+        if self.args.needs_teacher:  # 5.
+            output.update(self._teacher_prompts(scored, plan, all_ids, output["completion_ids"].device))
+        self._log_statistics(plan.statistics)
+        return output
+
+    def _checked_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Total rewards of every process's rollouts (NaN: not computed); `RunStopped` when the share not
+        computed exceeds `max_uncomputed_reward_fraction`."""
+        limit = self.args.max_uncomputed_reward_fraction
+        rewards = self._total_rewards(rewards_per_func).cpu()  # all processes, in process order
         uncomputed = torch.isnan(rewards)
-        self._metrics[mode]["hsd/uncomputed_reward_frac"].append(uncomputed.float().mean().item())
-        if uncomputed.float().mean().item() > args.max_uncomputed_reward_fraction:
+        self._metrics[self._metrics_mode()]["hsd/uncomputed_reward_frac"].append(
+            uncomputed.float().mean().item()
+        )
+        if uncomputed.float().mean().item() > limit:
             raise guards.RunStopped(
                 f"{int(uncomputed.sum())} of {rewards.numel()} rewards could not be computed in this batch "
-                f"(more than max_uncomputed_reward_fraction={args.max_uncomputed_reward_fraction}); stopping "
+                f"(more than max_uncomputed_reward_fraction={limit}); stopping "
                 "rather than training on them. See the reward function's warnings above for the rows."
             )
-        group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        scored = torch.where(uncomputed, torch.full_like(rewards, -math.inf), rewards)  # never a peer
-        outcomes = group_outcomes(scored, group_size, threshold=args.success_threshold)
-        n_groups = max(outcomes["groups"], 1)
-        self._metrics[mode]["hsd/groups_no_success_frac"].append(outcomes["groups_no_success"] / n_groups)
-        self._metrics[mode]["hsd/groups_all_success_frac"].append(outcomes["groups_all_success"] / n_groups)
-        self._metrics[mode]["hsd/success_rate"].append(
-            (scored >= args.success_threshold).float().mean().item()
-        )
-        # Eq. 12's f(p, G) measured: the share of rollouts that fail yet have a successful peer
-        self._metrics[mode]["hsd/coverage"].append(
-            outcomes["failures_with_peer"] / max(outcomes["rollouts"], 1)
-        )
-        if not args.needs_teacher:
-            return output
+        return rewards
 
-        local_ids = [list(map(int, ids)) for ids in batch["completion_ids"]]
-        all_ids = gather_object(local_ids)
-        local_inputs = batch["inputs"]
-        answers = gather_object([str(x.get(args.answer_column, "") or "") for x in local_inputs])
+    def _plan_teachers(self, scored: _ScoredBatch, rewards, all_ids, output) -> TeacherPlan:
+        """Steps 2-4 for every process's rollouts: each process plans the same batch from the same gathered
+        rewards, ids and columns with the same peer generator. Outcomes only for a method without a teacher."""
+        args = self.args
+        group_size = self.num_generations if self.model.training else self.num_generations_eval
+        if not args.needs_teacher:
+            return plan_teachers(rewards, group_size, mode=None, threshold=args.success_threshold)
+        answers = gather_object([str(x.get(args.answer_column, "") or "") for x in scored.inputs])
         references = None
         if args.context == "reference":
-            references = gather_object([str(x.get(args.reference_column, "") or "") for x in local_inputs])
+            references = gather_object([str(x.get(args.reference_column, "") or "") for x in scored.inputs])
         logps = None
         if args.peer_rule in ("lowest_ppl", "highest_ppl"):
             logps = gather_object(self._mean_completion_logps(output))
-        peers = select_peers(
-            scored,
+        plan = plan_teachers(
+            rewards,
             group_size,
-            args.peer_rule,
+            all_ids,
+            mode=args.context,
+            rule=args.peer_rule,
             generator=self._peer_generator(),
-            lengths=[len(ids) for ids in all_ids],
-            logps=logps,
-            threshold=args.success_threshold,
-        )
-        contexts = build_contexts(
-            scored,
-            group_size,
-            peers,
-            args.context,
             answers=answers,
             references=references,
+            logps=logps,
             fallback=args.fallback,
             distill_successes=args.distill_successes,
             threshold=args.success_threshold,
         )
-        contexts = [None if uncomputed[i] else c for i, c in enumerate(contexts)]
-        self.last_peers, self.last_contexts = peers, contexts  # for inspection (tests, analysis)
+        self.last_peers, self.last_contexts = list(plan.peers), list(plan.contexts)  # for inspection
+        return plan
 
-        start = self.accelerator.process_index * len(local_ids)
-        local = range(start, start + len(local_ids))
-        local_contexts = [contexts[g] for g in local]
-        peer_ids = [all_ids[c.peer] if c is not None and c.peer is not None else None for c in local_contexts]
+    def _teacher_prompts(self, scored: _ScoredBatch, plan: TeacherPlan, all_ids, device) -> dict:
+        """Step 5 for this process's rollouts: `teacher_prompt_ids` / `_mask` (the teacher prompts [q ; c_i],
+        left-padded; one pad token where not distilled), `distill_mask`, `hsd_tau` and `hsd_success`."""
+        args = self.args
+        n_local = len(scored.completion_ids)
+        local = slice(
+            self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local
+        )
+        contexts = plan.contexts[local]
+        peer_ids = [all_ids[c.peer] if c is not None and c.peer is not None else None for c in contexts]
         with self._timed("teacher_prompts"):
             teacher = teacher_input_ids(
-                batch["prompts"],
-                local_ids,
-                local_contexts,
+                scored.prompts,
+                all_ids[local],
+                contexts,
                 peer_ids,
                 self.processing_class,
                 args.teacher_template,
@@ -423,38 +436,25 @@ class HSDTrainer(GRPOTrainer):
                 chat_template_kwargs=self.chat_template_kwargs,
             )
         pad_id = self._tokenizer.pad_token_id
-        device = output["completion_ids"].device
-        prompt_rows = [torch.tensor(t[0] if t is not None else [pad_id]) for t in teacher]
-        output["teacher_prompt_ids"] = pad(prompt_rows, padding_value=pad_id, padding_side="left").to(device)
-        output["teacher_prompt_mask"] = pad(
-            [torch.ones(len(r), dtype=torch.long) for r in prompt_rows], padding_value=0, padding_side="left"
-        ).to(device)
-        output["distill_mask"] = torch.tensor([t is not None for t in teacher], device=device)
-        # tau (Eq. 11) of each failed rollout against its peer; -1 where it has none.
-        taus = []
-        for g, context in zip(local, local_contexts):
-            failed = scored[g] < args.success_threshold
-            tau = (
-                first_divergence(all_ids[g], all_ids[context.peer])
-                if failed and context and context.peer is not None
-                else None
-            )
-            taus.append(-1 if tau is None else tau)
-        output["hsd_tau"] = torch.tensor(taus, device=device)
-        output["hsd_success"] = torch.tensor(
-            [bool(scored[g] >= args.success_threshold) for g in local], device=device
-        )
+        rows = [torch.tensor(t[0] if t is not None else [pad_id]) for t in teacher]
+        masks = [torch.ones(len(r), dtype=torch.long) for r in rows]
+        return {
+            "teacher_prompt_ids": pad(rows, padding_value=pad_id, padding_side="left").to(device),
+            "teacher_prompt_mask": pad(masks, padding_value=0, padding_side="left").to(device),
+            "distill_mask": torch.tensor([t is not None for t in teacher], device=device),
+            "hsd_tau": torch.tensor(plan.taus[local], device=device),
+            "hsd_success": torch.tensor(plan.success[local], device=device),
+        }
 
-        n = len(contexts)
-        with_peer = sum(c is not None and c.peer is not None for c in contexts)
-        fallback = sum(c is not None and c.fallback for c in contexts)
-        self._metrics[mode]["hsd/peer_frac"].append(with_peer / n)  # distilled with a peer, successes too
-        self._metrics[mode]["hsd/fallback_frac"].append(fallback / n)
-        self._metrics[mode]["hsd/distilled_frac"].append(sum(c is not None for c in contexts) / n)
-        all_taus = [t for t in gather_object(taus) if t >= 0]
-        if all_taus:
-            self._metrics[mode]["hsd/tau_median"].append(float(torch.tensor(all_taus).float().median()))
-        return output
+    def _log_statistics(self, statistics: GroupStatistics) -> None:
+        """Each statistic of the step's groups as `hsd/<name>` (those that are None are not logged)."""
+        for field in fields(statistics):
+            value = getattr(statistics, field.name)
+            if value is not None:
+                self._metrics[self._metrics_mode()][f"hsd/{field.name}"].append(value)
+
+    def _metrics_mode(self) -> str:
+        return "train" if self.model.training else "eval"
 
     @torch.no_grad()
     def _mean_completion_logps(self, output) -> list[float]:

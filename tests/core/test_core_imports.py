@@ -16,7 +16,8 @@ CORE_DIR = Path(hsd.core.__file__).parent
 
 def test_importing_the_core_loads_no_trl_or_transformers():
     code = (
-        "import hsd.core.losses, hsd.core.peers, hsd.core.divergence, hsd.core.contexts, hsd.core.demo, sys, json; "
+        "import hsd.core.losses, hsd.core.peers, hsd.core.divergence, hsd.core.contexts, hsd.core.plan, "
+        "hsd.core.demo, sys, json; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'transformers'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
