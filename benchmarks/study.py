@@ -94,6 +94,8 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "hsd-mix": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5"]),
     "hsd-kl-st": ("hsd", ["--divergence", "kl_student_teacher"]),
     "hsd-no-fallback": ("hsd", ["--fallback", "false"]),
+    # the sharpened teacher without the answer-only fallback (whose sharpened teacher drops long-chain runs)
+    "hsd-tt0.5-no-fallback": ("hsd", ["--teacher_temperature", "0.5", "--fallback", "false"]),
     "hsd-mix-no-fallback": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--fallback", "false"]),
     "hsd-kl-st-no-fallback": ("hsd", ["--divergence", "kl_student_teacher", "--fallback", "false"]),
     "hsd-kl-st-shortest": ("hsd", ["--divergence", "kl_student_teacher", "--peer_rule", "shortest"]),
@@ -173,8 +175,27 @@ def report(testbed_name: str, cells: list[str], name: str = "report", baseline: 
     write_comparison(results, out, baseline=baseline, command=shlex.join(argv))
     lines = diagnostics(testbed.out, cells, out)
     (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
+    (out / "per_seed.md").write_text("\n".join(per_seed(testbed.out, cells)) + "\n")
     print((out / "comparison.md").read_text())
+    print((out / "per_seed.md").read_text())
     print("\n".join(lines))
+
+
+def per_seed(runs: Path, cells: list[str]) -> list[str]:
+    """Each cell's held-out accuracy at every evaluation, one column per seed (markdown)."""
+    curves = {
+        (cell, int(done.parent.name.split("-")[1])): [
+            json.loads(line)["accuracy"] for line in (done.parent / "eval.jsonl").read_text().splitlines()
+        ]
+        for cell in cells
+        for done in (runs / cell / CELLS[cell][0]).glob("seed-*/done.json")
+    }
+    seeds = sorted({seed for _, seed in curves})
+    lines = ["| cell | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for cell in cells:
+        row = [" / ".join(f"{a:.3f}".lstrip("0") for a in curves.get((cell, s), [])) or "-" for s in seeds]
+        lines.append(f"| {cell} | " + " | ".join(row) + " |")
+    return lines
 
 
 DIAGNOSTICS = ("teacher_p_token", "student_p_token", "teacher_entropy", "student_entropy")
