@@ -8,15 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hsd.trainer.cli import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize(
-    "name", ["quickstart.yaml", "smollm2-gsm8k.yaml", "qwen3-8b-paper.yaml", "long-chain-hsd.yaml"]
-)
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_recipe_parses(name):
     # the paper recipe asks for GPUs and vLLM; its fields must still all be known and well-typed
     script, args = load_recipe(
@@ -24,6 +23,22 @@ def test_every_recipe_parses(name):
     )
     assert script.model and script.dataset
     assert args.method == "hsd"
+
+
+@pytest.mark.parametrize(
+    "name, changed",
+    [
+        ("quickstart-sharp-teacher.yaml", {"teacher_temperature": 0.5}),
+        ("long-chain-hsd.yaml", {"divergence": "kl_student_teacher", "max_completion_length": 128}),
+    ],
+)
+def test_study_recipes_are_the_quick_start_with_the_studied_change(name, changed):
+    """A recipe named after a study cell is the quick-start recipe (the study's base) plus that cell's change."""
+    base = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    recipe = yaml.safe_load((CONFIGS / name).read_text())
+    differ = {k for k in base.keys() | recipe.keys() if base.get(k) != recipe.get(k)}
+    assert differ - {"output_dir", "model", "dataset"} == set(changed)
+    assert all(recipe[k] == v for k, v in changed.items())
 
 
 def test_paper_recipe_has_the_paper_hyperparameters():
