@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "study"
+SEEDS = [0, 1, 2, 3, 4]
 LONG_BUILD = [
     "hsd",
     "testbed",
@@ -152,43 +153,54 @@ def run(testbed: Testbed, cells: list[str], seeds: list[int], validation: bool =
             subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
-def load(out: Path, cells: list[str]) -> list[dict]:
+def finished(out: Path, cell: str, seeds: list[int]) -> list[Path]:
+    """The run directories of `cell` under `out` that finished, for the given seeds."""
+    runs = [out / cell / CELLS[cell][0] / f"seed-{seed}" for seed in seeds]
+    return [run for run in runs if (run / "done.json").exists()]
+
+
+def load(out: Path, cells: list[str], seeds: list[int]) -> list[dict]:
     """Every finished run of the cells, labelled with its cell as the method (for `write_comparison`)."""
     results = []
     for cell in cells:
-        for done in sorted((out / cell / CELLS[cell][0]).glob("seed-*/done.json")):
+        for run_dir in finished(out, cell, seeds):
+            done = run_dir / "done.json"
             run = json.loads(done.read_text())
             results.append({**run, "method": cell, "run_dir": str(done.parent)})
     return results
 
 
-def report(testbed_name: str, cells: list[str], name: str = "report", baseline: str = "grpo") -> None:
+def report(
+    testbed_name: str, cells: list[str], seeds: list[int], name: str = "report", baseline: str = "grpo"
+):
     from hsd.compare import write_comparison
 
     testbed = TESTBEDS[testbed_name]
-    results = load(testbed.out, cells)
+    results = load(testbed.out, cells, seeds)
     out = testbed.out / name
     out.mkdir(parents=True, exist_ok=True)
     argv = ["python", "benchmarks/study.py", "report", *cells, "--report", name, "--baseline", baseline]
     if testbed_name != "long":
         argv += ["--testbed", testbed_name]
+    if seeds != SEEDS:
+        argv += ["--seeds", ",".join(map(str, seeds))]
     write_comparison(results, out, baseline=baseline, command=shlex.join(argv))
-    lines = diagnostics(testbed.out, cells, out)
+    lines = diagnostics(testbed.out, cells, seeds, out)
     (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
-    (out / "per_seed.md").write_text("\n".join(per_seed(testbed.out, cells)) + "\n")
+    (out / "per_seed.md").write_text("\n".join(per_seed(testbed.out, cells, seeds)) + "\n")
     print((out / "comparison.md").read_text())
     print((out / "per_seed.md").read_text())
     print("\n".join(lines))
 
 
-def per_seed(runs: Path, cells: list[str]) -> list[str]:
+def per_seed(runs: Path, cells: list[str], seeds: list[int]) -> list[str]:
     """Each cell's held-out accuracy at every evaluation, one column per seed (markdown)."""
     curves = {
-        (cell, int(done.parent.name.split("-")[1])): [
-            json.loads(line)["accuracy"] for line in (done.parent / "eval.jsonl").read_text().splitlines()
+        (cell, int(run.name.split("-")[1])): [
+            json.loads(line)["accuracy"] for line in (run / "eval.jsonl").read_text().splitlines()
         ]
         for cell in cells
-        for done in (runs / cell / CELLS[cell][0]).glob("seed-*/done.json")
+        for run in finished(runs, cell, seeds)
     }
     seeds = sorted({seed for _, seed in curves})
     lines = ["| cell | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
@@ -203,7 +215,7 @@ DIAGNOSED = ("hsd", "hsd-tt0.5", "hsd-mix", "hsd-kl-st", "hsd-mix-no-fallback") 
 WINDOWS = {"steps 1-5": range(1, 6), "steps 26-30": range(26, 31)}
 
 
-def diagnostics(runs: Path, cells: list[str], out: Path) -> list[str]:
+def diagnostics(runs: Path, cells: list[str], seeds: list[int], out: Path) -> list[str]:
     """The teacher / student diagnostics of each cell with a teacher: early against late means (over steps
     and seeds) as a markdown table, and per-step curves in diagnostics.png."""
     import statistics
@@ -218,10 +230,9 @@ def diagnostics(runs: Path, cells: list[str], out: Path) -> list[str]:
     per_cell = {}
     for cell in cells:
         rows = []
-        for run in sorted((runs / cell / CELLS[cell][0]).glob("seed-*/metrics.jsonl")):
-            rows += [
-                json.loads(line) for line in run.read_text().splitlines() if "hsd/teacher_p_token" in line
-            ]
+        for run in finished(runs, cell, seeds):
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+            rows += [json.loads(line) for line in lines if "hsd/teacher_p_token" in line]
         if rows:
             per_cell[cell] = rows
     lines = [
@@ -276,7 +287,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("run", "report", "commands"))
     parser.add_argument("cells", nargs="*", default=list(CELLS))
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds to run, or to report")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
     parser.add_argument("--report", default="report", help="report directory under runs/study")
     parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
@@ -285,11 +296,11 @@ def main() -> int:
     unknown = [c for c in [*args.cells, args.baseline] if c not in CELLS]
     if unknown:
         raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.action == "run":
-        seeds = [int(s) for s in args.seeds.split(",") if s]
         run(TESTBEDS[args.testbed], args.cells, seeds, validation=not args.no_validation)
     elif args.action == "report":
-        report(args.testbed, args.cells, args.report, args.baseline)
+        report(args.testbed, args.cells, seeds, args.report, args.baseline)
     else:
         for cell in args.cells:
             argv = command(TESTBEDS[args.testbed], cell, args.seeds + ",", "$M", not args.no_validation)
