@@ -68,7 +68,10 @@ def _tau(ids_N: list[list[int]], i: int, success: bool, context: TeacherContext 
     return -1 if tau is None else tau  # identical to its peer: no divergence
 
 
-def _outcome_statistics(scored_N: list[float], success_N: list[bool], group_size: int, threshold: float):
+def _outcome_statistics(
+    scored_N: list[float], success_N: list[bool], group_size: int, threshold: float
+) -> GroupStatistics:
+    """The statistics that need only the rewards (`group_outcomes`), also logged without a teacher."""
     outcomes = group_outcomes(scored_N, group_size, threshold)
     n_groups = max(outcomes["groups"], 1)
     return GroupStatistics(
@@ -76,6 +79,20 @@ def _outcome_statistics(scored_N: list[float], success_N: list[bool], group_size
         groups_all_success_frac=outcomes["groups_all_success"] / n_groups,
         success_rate=torch.tensor(success_N, dtype=torch.float).mean().item(),
         coverage=outcomes["failures_with_peer"] / max(outcomes["rollouts"], 1),
+    )
+
+
+def _with_teacher_statistics(
+    statistics: GroupStatistics, contexts_N: list[TeacherContext | None], taus_N: list[int]
+) -> GroupStatistics:
+    """`statistics` with the shares of rollouts distilled with a peer / after a fallback / at all, and tau."""
+    n, kept_taus = max(len(contexts_N), 1), [t for t in taus_N if t >= 0]
+    return replace(
+        statistics,
+        peer_frac=sum(c is not None and c.peer is not None for c in contexts_N) / n,
+        fallback_frac=sum(c is not None and c.fallback for c in contexts_N) / n,
+        distilled_frac=sum(c is not None for c in contexts_N) / n,
+        tau_median=float(torch.tensor(kept_taus).float().median()) if kept_taus else None,
     )
 
 
@@ -132,12 +149,5 @@ def plan_teachers(
     )
     contexts_N = [None if math.isnan(r) else c for r, c in zip(rewards_N, contexts_N)]
     taus_N = [_tau(ids_N, i, success_N[i], c) for i, c in enumerate(contexts_N)]
-    kept_taus = [t for t in taus_N if t >= 0]
-    statistics = replace(
-        statistics,
-        peer_frac=sum(c is not None and c.peer is not None for c in contexts_N) / max(n, 1),
-        fallback_frac=sum(c is not None and c.fallback for c in contexts_N) / max(n, 1),
-        distilled_frac=sum(c is not None for c in contexts_N) / max(n, 1),
-        tau_median=float(torch.tensor(kept_taus).float().median()) if kept_taus else None,
-    )
+    statistics = _with_teacher_statistics(statistics, contexts_N, taus_N)
     return TeacherPlan(tuple(success_N), tuple(peers_N), tuple(contexts_N), tuple(taus_N), statistics)

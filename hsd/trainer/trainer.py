@@ -372,10 +372,9 @@ class HSDTrainer(GRPOTrainer):
         limit = self.args.max_uncomputed_reward_fraction
         rewards = self._total_rewards(rewards_per_func).cpu()  # all processes, in process order
         uncomputed = torch.isnan(rewards)
-        self._metrics[self._metrics_mode()]["hsd/uncomputed_reward_frac"].append(
-            uncomputed.float().mean().item()
-        )
-        if uncomputed.float().mean().item() > limit:
+        share = uncomputed.float().mean().item()
+        self._metrics[self._metrics_mode()]["hsd/uncomputed_reward_frac"].append(share)
+        if share > limit:
             raise guards.RunStopped(
                 f"{int(uncomputed.sum())} of {rewards.numel()} rewards could not be computed in this batch "
                 f"(more than max_uncomputed_reward_fraction={limit}); stopping "
@@ -414,14 +413,15 @@ class HSDTrainer(GRPOTrainer):
         self.last_peers, self.last_contexts = list(plan.peers), list(plan.contexts)  # for inspection
         return plan
 
-    def _teacher_prompts(self, scored: _ScoredBatch, plan: TeacherPlan, all_ids, device) -> dict:
+    def _teacher_prompts(
+        self, scored: _ScoredBatch, plan: TeacherPlan, all_ids, device
+    ) -> dict[str, torch.Tensor]:
         """Step 5 for this process's rollouts: `teacher_prompt_ids` / `_mask` (the teacher prompts [q ; c_i],
         left-padded; one pad token where not distilled), `distill_mask`, `hsd_tau` and `hsd_success`."""
         args = self.args
         n_local = len(scored.completion_ids)
-        local = slice(
-            self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local
-        )
+        start = self.accelerator.process_index * n_local
+        local = slice(start, start + n_local)
         contexts = plan.contexts[local]
         peer_ids = [all_ids[c.peer] if c is not None and c.peer is not None else None for c in contexts]
         with self._timed("teacher_prompts"):
