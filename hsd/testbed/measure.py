@@ -125,7 +125,7 @@ def divergence_stats(
             taus.append(tau)
             errors.append(error_char)
     n = len(rewards)
-    p = sum(rewards) / n
+    p = sum(r >= SUCCESS_THRESHOLD for r in rewards) / n  # the success rate
     group_size = len(ids_PG[0])
     return {
         "p": round(p, 4),
@@ -183,7 +183,7 @@ def measure_testbed(
 ) -> dict:
     """All of the above on `problems` fresh (test-split) problems, group_size rollouts each; the task knobs
     left None are the ones the model was pretrained on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hsd.models import load_model, load_tokenizer
 
     task = task_defaults(model_dir)
     task.update(
@@ -193,8 +193,7 @@ def measure_testbed(
             if v is not None
         }
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
     chain_problems = load_chain_problems(problems, seed=sample_seed, variant=variant, split="test", **task)
     started = time.perf_counter()
     ids_PG = sample_completions(
