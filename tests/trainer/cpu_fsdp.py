@@ -22,13 +22,22 @@ def fsdp_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def cpu_config(shipped: Path, out: Path, *, processes: int = 2, port: int = 29600, **deepspeed) -> Path:
+def free_port() -> int:
+    """A TCP port free now, for a launch's rendezvous (a fixed port collides with a concurrent test run)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_config(shipped: Path, out: Path, *, processes: int = 2, port: int | None = None, **deepspeed) -> Path:
     """A shipped accelerate config with only the device settings changed: `processes` CPU processes, fp32,
     `use_cpu` except for FSDP (which runs through `enable()`); `deepspeed` updates its deepspeed_config."""
     import yaml
 
     config = yaml.safe_load(Path(shipped).read_text())
-    config.update(num_processes=processes, mixed_precision="no", main_process_port=port)
+    config.update(num_processes=processes, mixed_precision="no", main_process_port=port or free_port())
     config["use_cpu"] = config["distributed_type"] != "FSDP"
     config.get("deepspeed_config", {}).update(deepspeed)
     Path(out).write_text(yaml.safe_dump(config))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cpu_fsdp import free_port
 
 SCRIPT = Path(__file__).with_name("dist_step.py")
 
@@ -32,7 +33,7 @@ def _launch(model_dir, out: Path, processes: int, per_device: int) -> dict:
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(29500 + processes),
+        str(free_port()),
         str(SCRIPT),
         str(model_dir),
         str(out),

@@ -70,8 +70,7 @@ def test_one_process_reference_is_sensitive(one_process):
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_two_sharded_processes_match_one_process(engine, one_process, tiny_model_dir, tmp_path):
     shipped, deepspeed, runs, name = ENGINES[engine]
-    port = 29620 + list(ENGINES).index(engine)
-    config = cpu_config(CONFIGS / shipped, tmp_path / f"{engine}.yaml", port=port, **deepspeed)
+    config = cpu_config(CONFIGS / shipped, tmp_path / f"{engine}.yaml", **deepspeed)
     two = launch(tiny_model_dir, tmp_path / "two.json", 8, runs, config)
     for run in runs:
         got, want = two[run], one_process[run]
@@ -93,7 +92,7 @@ def test_two_sharded_processes_match_one_process(engine, one_process, tiny_model
 
 def test_fsdp_config_that_would_not_run_fsdp_fails_at_start(tiny_model_dir, tmp_path):
     """use_cpu=True under an FSDP launch: accelerate would silently train with DDP; hsd refuses, naming both."""
-    config = cpu_config(CONFIGS / "fsdp2.yaml", tmp_path / "fsdp2.yaml", port=29632)
+    config = cpu_config(CONFIGS / "fsdp2.yaml", tmp_path / "fsdp2.yaml")
     result = launch(tiny_model_dir, tmp_path / "out.json", 8, ["use_cpu"], config, ok=False)
     assert result.returncode != 0
     message = "launched with an FSDP config, but the run would train with DDP (use_cpu=True)"
