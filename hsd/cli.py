@@ -39,27 +39,13 @@ class _NoCpuFallbackNotice(logging.Filter):
         return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
-# transformers' bars for reading and writing weight files: over in a moment, they break the commands' own
-# progress displays (downloads keep their bars)
-WEIGHT_FILE_BARS = ("Loading weights", "Writing model shards")
-
-
-def _no_weight_file_bars(factory, args, kwargs):
-    """A `transformers.utils.logging.set_tqdm_hook` hook: the bars of WEIGHT_FILE_BARS are disabled."""
-    if kwargs.get("desc") in WEIGHT_FILE_BARS:
-        kwargs = {**kwargs, "disable": True}
-    return factory(*args, **kwargs)
-
-
 def quiet_libraries() -> None:
-    """What the command line hides of its libraries' output: notices a user can do nothing about."""
+    """What the command line hides of its libraries' output: notices a user can do nothing about (and
+    `run` turns off transformers' weight-file progress bars)."""
     logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackNotice())  # before DeepSpeed is imported
     # TRL 1.16's generation helper calls transformers' deprecated gradient_checkpointing_* names once per
     # evaluation; a user can do nothing about it, so the command line does not repeat it.
     warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_tqdm_hook(_no_weight_file_bars)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(name: str, rest: list[str]) -> int:
-    """Parse the subcommand's arguments and run it."""
+    """Parse the subcommand's arguments and run it (without transformers' weight-file progress bars)."""
+    from hsd.models import weight_file_bars_off
+
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1])
     module.configure_parser(parser)
@@ -103,7 +91,8 @@ def run(name: str, rest: list[str]) -> int:
         args.overrides = extra
     else:
         args = parser.parse_args(rest)
-    return int(module.main(args) or 0)
+    with weight_file_bars_off():
+        return int(module.main(args) or 0)
 
 
 if __name__ == "__main__":

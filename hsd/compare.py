@@ -12,7 +12,6 @@ import json
 import math
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -120,20 +119,6 @@ class LiveProgress(TrainerCallback):
         )
 
 
-@contextmanager
-def save_bars_off():
-    """transformers' progress bars (the "Writing model shards" bar of every save) off while inside."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 # ------------------------------------------------------------------------------------------------- runs
 def run_method(
     recipe: dict,
@@ -150,6 +135,7 @@ def run_method(
 ) -> dict:
     """Train one (method, seed) run of `recipe` into `out`; return its summary (cached in done.json).
     Held-out accuracy goes to eval.jsonl, validation accuracy (when given) to validation.jsonl."""
+    from hsd.models import weight_file_bars_off
     from hsd.trainer.cli import build_trainer, load_recipe, write_recipe
 
     done = out / "done.json"
@@ -179,7 +165,7 @@ def run_method(
     held_out.trainer = trainer
     start = time.time()
     resume = True if any(out.glob("checkpoint-*")) else None
-    with save_bars_off():  # one line per step: no "Writing model shards" bar between them
+    with weight_file_bars_off():  # one line per step: no "Writing model shards" bar between them
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out / "final"))  # safetensors
     summary = summarize_run(out)

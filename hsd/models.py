@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hsd.errors import MissingInputError, UserError
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
+# transformers' progress bars for reading and writing weight files: over in a moment, they break a command's
+# own progress display (downloads keep their bars)
+WEIGHT_FILE_BARS = ("Loading weights", "Writing model shards")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -154,3 +159,25 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _no_weight_file_bars(factory, args, kwargs):
+    """A `transformers.utils.logging.set_tqdm_hook` hook: the bars of WEIGHT_FILE_BARS are disabled."""
+    if kwargs.get("desc") in WEIGHT_FILE_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+@contextmanager
+def weight_file_bars_off() -> Iterator[None]:
+    """transformers' WEIGHT_FILE_BARS off while inside; its other bars stay. (A transformers without
+    `set_tqdm_hook`, older than the tested 5.23, keeps them.)"""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    previous = set_hook(_no_weight_file_bars) if set_hook else None
+    try:
+        yield
+    finally:
+        if set_hook:
+            set_hook(previous)
