@@ -9,6 +9,8 @@ import statistics
 import threading
 import time
 
+from transformers import TrainerCallback
+
 
 class MemoryMeter:
     """Growth of memory in use over a window: CUDA's allocated bytes on GPU, sampled RSS on CPU.
@@ -145,14 +147,49 @@ class TurnTable:
             self.condition.notify_all()
 
 
+class StepClock(TrainerCallback):
+    """At each step's begin and end: take the trainer's turn, reset the clocks and the memory meter, then
+    append the step's phase times (from `clock`, filled by `instrument`'s wrappers) and peak memory."""
+
+    def __init__(self, trainer, name: str, device: str, turns: TurnTable, clock: dict, records: list[dict]):
+        self.trainer, self.name, self.device, self.turns = trainer, name, device, turns
+        self.clock, self.records, self.meter = clock, records, MemoryMeter(device)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.turns.begin_step(self.name, len(self.records))
+        gc.collect()
+        MemoryMeter.trim()
+        synchronize(self.device)
+        self.clock.clear()
+        self.clock["resident"] = resident_bytes(self.trainer)
+        self.meter.start()
+        self.clock["begin"] = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        synchronize(self.device)
+        end, clock = time.perf_counter(), self.clock
+        growth = self.meter.stop()
+        prepare, teacher = clock.get("prepare", 0.0), clock.get("teacher", 0.0)
+        student = clock["training_step"] - prepare - teacher
+        optimizer = end - clock["end_of_backward"]
+        self.records.append(
+            dict(
+                prepare=prepare,
+                teacher=teacher,
+                student_forward_backward=student,
+                optimizer=optimizer,
+                update=teacher + student + optimizer,
+                step=end - clock["begin"],
+                peak_memory=clock["resident"] + growth,
+            )
+        )
+
+
 def instrument(trainer, name: str, device: str, turns: TurnTable) -> list[dict]:
     """Per-step phase times and peak memory of the real `trainer.train()`: wraps the instance's
     `_prepare_inputs` and `training_step`, and takes turns at step begin / end. Returns the list it fills."""
-    from transformers import TrainerCallback
-
     records: list[dict] = []
     clock: dict[str, float] = {}
-    meter = MemoryMeter(device)
     prepare_inputs, training_step = trainer._prepare_inputs, trainer.training_step
 
     def timed_prepare(*args, **kwargs):
@@ -172,40 +209,10 @@ def instrument(trainer, name: str, device: str, turns: TurnTable) -> list[dict]:
         clock["end_of_backward"] = time.perf_counter()
         return out
 
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            turns.begin_step(name, len(records))
-            gc.collect()
-            MemoryMeter.trim()
-            synchronize(device)
-            clock.clear()
-            clock["resident"] = resident_bytes(trainer)
-            meter.start()
-            clock["begin"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            synchronize(device)
-            end = time.perf_counter()
-            growth = meter.stop()
-            prepare, teacher = clock.get("prepare", 0.0), clock.get("teacher", 0.0)
-            student = clock["training_step"] - prepare - teacher
-            optimizer = end - clock["end_of_backward"]
-            records.append(
-                dict(
-                    prepare=prepare,
-                    teacher=teacher,
-                    student_forward_backward=student,
-                    optimizer=optimizer,
-                    update=teacher + student + optimizer,
-                    step=end - clock["begin"],
-                    peak_memory=clock["resident"] + growth,
-                )
-            )
-
     trainer._prepare_inputs = timed_prepare
     trainer.training_step = timed_training_step
     trainer.synchronize_timers = device.startswith("cuda")
-    trainer.add_callback(StepClock())
+    trainer.add_callback(StepClock(trainer, name, device, turns, clock, records))
     return records
 
 
