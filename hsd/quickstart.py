@@ -92,19 +92,24 @@ def main(args: argparse.Namespace) -> int:
 def credit_report(model_dir: Path, out: Path, recipe: dict, args: argparse.Namespace) -> None:
     """`hsd analyze` of the trained model on `--analysis-problems` held-out problems, into `out`."""
     from hsd.analysis.cli import analyze
+    from hsd.analysis.credit import CollectSettings
     from hsd.models import load_model, load_tokenizer
+    from hsd.sampling import SamplingSettings
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(HELD_OUT.replace("n=128", f"n={args.analysis_problems}"))
+    settings = CollectSettings(
+        group_size=recipe["num_generations"],
+        sampling=SamplingSettings(max_new_tokens=recipe["max_completion_length"]),
+        min_failures=64,
+        seed=args.seed,
+    )
     analyze(
         load_model(str(model_dir)),
         load_tokenizer(str(model_dir)),
         problems,
+        settings,
         out_dir=out,
-        group_size=recipe["num_generations"],
-        max_new_tokens=recipe["max_completion_length"],
-        min_failures=64,
-        seed=args.seed,
         progress=False,
         info={"model": str(model_dir), "dataset": HELD_OUT},
     )

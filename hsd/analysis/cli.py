@@ -11,13 +11,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsd.analysis.credit import CONTEXTS, WIDTHS, FailedRollout, collect, credit_tables
+from hsd.analysis.credit import CONTEXTS, WIDTHS, CollectSettings, FailedRollout, collect, credit_tables
 from hsd.analysis.report import write_report
 from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
 from hsd.sampling import SamplingSettings, add_sampling_arguments, problems_and_model
 from hsd.tasks.problem import Problem
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
-from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
 CREDIT_FILE = "credit.json"
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -27,24 +26,10 @@ def analyze(
     model,
     tokenizer,
     problems: Sequence[Problem],
+    settings: CollectSettings | None = None,
     *,
     out_dir: str | Path | None = None,
-    group_size: int = 8,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
-    min_failures: int = 64,
-    seed: int = 0,
-    peer_rule: str = "uniform",
-    success_threshold: float = SUCCESS_THRESHOLD,
-    contexts: Sequence[str] = CONTEXTS,
-    problems_per_batch: int = 8,
-    batch_size: int = 64,
-    batch_tokens: int = 8192,
-    template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
-    max_peer_tokens: int | None = None,
     verifier: Verifier = verify_problem,
-    verify_workers: int = 2,
     max_report_rollouts: int = 60,
     progress: bool = True,
     info: dict | None = None,
@@ -53,20 +38,18 @@ def analyze(
 
     With `out_dir`, also writes credit.json, rollouts.jsonl (every analysed rollout with its per-token
     log-probs and A_t), credit_profile.png, silence_curve.png, coverage.png and report.html there.
+    `settings` (default `CollectSettings()`) say how to sample and score; `info` (e.g. model and dataset
+    names) is stored with them.
     """
+    settings = settings or CollectSettings()
     start = time.perf_counter()
-    analysis = collect(model, tokenizer, problems, verifier, group_size=group_size,
-                       sampling=SamplingSettings(temperature, top_p, max_new_tokens), min_failures=min_failures,
-                       problems_per_batch=problems_per_batch, batch_size=batch_size, seed=seed,
-                       peer_rule=peer_rule, success_threshold=success_threshold, contexts=contexts,
-                       template=template, max_peer_tokens=max_peer_tokens, batch_tokens=batch_tokens,
-                       verify_workers=verify_workers, progress=progress)  # fmt: skip
-    tables = credit_tables(analysis.rollouts, analysis.groups, seed=seed, widths=WIDTHS)
-    settings = {**(info or {}), **analysis.settings, "problems_available": len(problems)}
+    analysis = collect(model, tokenizer, problems, verifier, settings, progress=progress)
+    tables = credit_tables(analysis.rollouts, analysis.groups, seed=settings.seed, widths=WIDTHS)
+    recorded = {**(info or {}), **analysis.settings, "problems_available": len(problems)}
     credit = {
-        "settings": settings,
+        "settings": recorded,
         **tables,
-        "reached_min_failures": len(analysis.rollouts) >= min_failures,
+        "reached_min_failures": len(analysis.rollouts) >= settings.min_failures,
         "wall_s": round(time.perf_counter() - start, 1),
     }
     if out_dir is not None:
@@ -74,7 +57,7 @@ def analyze(
         if info:
             title += f": {info.get('model', 'model')} on {info.get('dataset', 'data')}"
         write_outputs(
-            Path(out_dir), tables, analysis.rollouts, settings, title=title, max_rollouts=max_report_rollouts
+            Path(out_dir), tables, analysis.rollouts, recorded, title=title, max_rollouts=max_report_rollouts
         )
         credit["wall_s"] = round(time.perf_counter() - start, 1)
         (Path(out_dir) / CREDIT_FILE).write_text(json.dumps(credit, indent=1) + "\n")
@@ -144,26 +127,27 @@ def main(args: argparse.Namespace) -> int:
     if args.problems < 1:
         raise UserError(f"--problems must be >= 1, got {args.problems}")
     problems, loaded = problems_and_model(args, limit=args.problems)
-    credit = analyze(
-        loaded.model,
-        loaded.tokenizer,
-        problems,
-        out_dir=args.out,
+    settings = CollectSettings(
         group_size=args.group_size,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
+        sampling=SamplingSettings(args.temperature, args.top_p, args.max_new_tokens),
         min_failures=args.min_failures,
+        problems_per_batch=args.problems_per_batch,
+        batch_size=args.batch_size,
         seed=args.seed,
         peer_rule=args.peer_rule,
         success_threshold=args.success_threshold,
         contexts=args.contexts,
-        problems_per_batch=args.problems_per_batch,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
         max_peer_tokens=args.max_peer_tokens,
-        verifier=VERIFIERS[args.verifier],
+        batch_tokens=args.batch_tokens,
         verify_workers=args.verify_workers,
+    )
+    credit = analyze(
+        loaded.model,
+        loaded.tokenizer,
+        problems,
+        settings,
+        out_dir=args.out,
+        verifier=VERIFIERS[args.verifier],
         max_report_rollouts=args.report_rollouts,
         progress=not args.quiet,
         info={"model": args.model, "dataset": args.dataset, "verifier": args.verifier, **loaded.info()},

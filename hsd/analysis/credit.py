@@ -496,18 +496,47 @@ def error_token(verdict, tokens: Sequence[str], text: str) -> int | None:
     return None  # the missing character comes after the last sampled token (a cut-off completion)
 
 
-def _check_collect(problems, group_size, sampling: SamplingSettings, problems_per_batch, peer_rule) -> None:
-    """`ValueError` naming the argument of `collect` that cannot work."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}")
-    if peer_rule not in RULES_FROM_REWARDS:
-        raise ValueError(f"peer_rule must be one of {RULES_FROM_REWARDS}, got {peer_rule!r}")
-    if sampling.greedy:
-        raise ValueError("the analysis samples groups of rollouts; greedy decoding gives one per problem")
-    if problems_per_batch < 1:
-        raise ValueError(f"problems_per_batch must be >= 1, got {problems_per_batch}")
-    if len({p.id for p in problems}) != len(problems):
-        raise ValueError("problems: ids must be unique")
+@dataclass(frozen=True)
+class CollectSettings:
+    """How `collect` samples and scores: group size, sampling, when to stop, peers, contexts, batching."""
+
+    group_size: int = 8  # rollouts per problem, G
+    sampling: SamplingSettings = SamplingSettings(max_new_tokens=256)
+    min_failures: int = 64  # sample batches of problems until this many failed rollouts with a peer
+    problems_per_batch: int = 8  # problems sampled per round
+    batch_size: int = 64  # sequences generated at once
+    seed: int = 0  # of sampling and the peer draws
+    peer_rule: str = "uniform"  # one of RULES_FROM_REWARDS
+    success_threshold: float = SUCCESS_THRESHOLD  # a rollout succeeds when its reward >= this
+    contexts: tuple[str, ...] = CONTEXTS  # the teacher contexts scored
+    template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE
+    max_peer_tokens: int | None = None  # truncate the peer shown to the teacher
+    batch_tokens: int = 8192  # padded tokens per scoring batch
+    verify_workers: int = 2  # verifications run in parallel
+
+    def __post_init__(self) -> None:
+        """`ValueError` naming the setting that cannot work."""
+        group_size = self.group_size
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+            raise ValueError(
+                f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}"
+            )
+        if self.peer_rule not in RULES_FROM_REWARDS:
+            raise ValueError(f"peer_rule must be one of {RULES_FROM_REWARDS}, got {self.peer_rule!r}")
+        if self.sampling.greedy:
+            raise ValueError("the analysis samples groups of rollouts; greedy decoding gives one per problem")
+        if self.problems_per_batch < 1:
+            raise ValueError(f"problems_per_batch must be >= 1, got {self.problems_per_batch}")
+        object.__setattr__(self, "contexts", tuple(self.contexts))
+
+    def to_json(self) -> dict:
+        """The settings credit.json records."""
+        return dict(
+            group_size=self.group_size, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+            max_new_tokens=self.sampling.max_new_tokens, min_failures=self.min_failures, seed=self.seed,
+            peer_rule=self.peer_rule, success_threshold=self.success_threshold, contexts=list(self.contexts),
+            max_peer_tokens=self.max_peer_tokens,
+        )  # fmt: skip
 
 
 def _failures_with_peer(
@@ -551,71 +580,46 @@ def collect(
     tokenizer,
     problems: Sequence[Problem],
     verifier: Verifier,
+    settings: CollectSettings | None = None,
     *,
-    group_size: int = 8,
-    sampling: SamplingSettings | None = None,
-    min_failures: int = 64,
-    problems_per_batch: int = 8,
-    batch_size: int = 64,
-    seed: int = 0,
-    peer_rule: str = "uniform",
-    success_threshold: float = SUCCESS_THRESHOLD,
-    contexts: Sequence[str] = CONTEXTS,
-    template: TeacherTemplate = DEFAULT_TEACHER_TEMPLATE,
-    max_peer_tokens: int | None = None,
-    batch_tokens: int = 8192,
-    verify_workers: int = 2,
     progress: bool = True,
 ) -> Analysis:
     """Sample `group_size` rollouts per problem, a batch of problems at a time, verify them, pick each failed
     rollout's peer (as in training) and score it under each context, until `min_failures` failed rollouts
-    with a peer are in hand or the problems run out. (Longer than 60 lines: a third of it is the settings
-    it takes and hands on, one per line.)"""
-    sampling = sampling or SamplingSettings(max_new_tokens=256)
-    _check_collect(problems, group_size, sampling, problems_per_batch, peer_rule)
+    with a peer are in hand or the problems run out."""
+    if len({p.id for p in problems}) != len(problems):
+        raise ValueError("problems: ids must be unique")
+    c = settings or CollectSettings()
     by_id = {p.id: p for p in problems}
-    generator = torch.Generator().manual_seed(seed)  # peer draws, as the trainer's uniform rule
+    generator = torch.Generator().manual_seed(c.seed)  # peer draws, as the trainer's uniform rule
     rollouts: list[FailedRollout] = []
     groups: list[GroupOutcome] = []
-    bar = progress_bar(min_failures, "failed rollouts with a peer", progress)
+    bar = progress_bar(c.min_failures, "failed rollouts with a peer", progress)
     try:
-        for start in range(0, len(problems), problems_per_batch):
-            if len(rollouts) >= min_failures:
+        for start in range(0, len(problems), c.problems_per_batch):
+            if len(rollouts) >= c.min_failures:
                 break
-            batch = list(problems[start : start + problems_per_batch])
-            sampled = sample_and_verify(model, tokenizer, batch, verifier, n=group_size, settings=sampling,
-                                        batch_size=batch_size, seed=seed + start * group_size,
-                                        verify_workers=verify_workers)  # fmt: skip
+            batch = list(problems[start : start + c.problems_per_batch])
+            sampled = sample_and_verify(model, tokenizer, batch, verifier, n=c.group_size, settings=c.sampling,
+                                        batch_size=c.batch_size, seed=c.seed + start * c.group_size,
+                                        verify_workers=c.verify_workers)  # fmt: skip
             new: list[FailedRollout] = []
             for problem, (ids_G, texts_G, verdicts) in zip(batch, sampled.per_problem()):
                 rewards_G = [-math.inf if v.reason == UNCOMPUTED else v.reward for v in verdicts]
                 peers = select_peers(
-                    rewards_G, group_size, peer_rule, generator=generator, threshold=success_threshold
+                    rewards_G, c.group_size, c.peer_rule, generator=generator, threshold=c.success_threshold
                 )
                 group, failed = _failures_with_peer(
-                    tokenizer, problem, ids_G, texts_G, verdicts, rewards_G, peers, success_threshold
+                    tokenizer, problem, ids_G, texts_G, verdicts, rewards_G, peers, c.success_threshold
                 )
                 groups.append(group)
                 new.extend(failed)
-            score_rollouts(
-                model,
-                tokenizer,
-                new,
-                by_id,
-                contexts,
-                template=template,
-                temperature=sampling.temperature,
-                max_peer_tokens=max_peer_tokens,
-                batch_tokens=batch_tokens,
-            )
+            score_rollouts(model, tokenizer, new, by_id, c.contexts, template=c.template,
+                           temperature=c.sampling.temperature, max_peer_tokens=c.max_peer_tokens,
+                           batch_tokens=c.batch_tokens)  # fmt: skip
             bar.set_postfix(problems=len(groups), analysed=len(rollouts) + len(new), refresh=False)
-            bar.update(min(len(rollouts) + len(new), min_failures) - min(len(rollouts), min_failures))
+            bar.update(min(len(rollouts) + len(new), c.min_failures) - min(len(rollouts), c.min_failures))
             rollouts.extend(new)
     finally:
         bar.close()
-    settings = dict(
-        group_size=group_size, temperature=sampling.temperature, top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens, min_failures=min_failures, seed=seed, peer_rule=peer_rule,
-        success_threshold=success_threshold, contexts=list(contexts), max_peer_tokens=max_peer_tokens,
-    )  # fmt: skip
-    return Analysis(rollouts, groups, settings)
+    return Analysis(rollouts, groups, c.to_json())

@@ -14,6 +14,8 @@ import torch
 from cli_output import WARNINGS_ENV, noise
 
 from hsd.analysis.cli import analyze
+from hsd.analysis.credit import CollectSettings
+from hsd.sampling import SamplingSettings
 from hsd.tasks.problem import Problem, Verdict
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 
@@ -31,8 +33,11 @@ def run(tiny_model_dir, tmp_path_factory):
     model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     problems = [Problem(f"p{i}", f"Question {i}?", str(i), reference=f"Because {i}.") for i in range(40)]
     out = tmp_path_factory.mktemp("analysis")
-    credit = analyze(model, tokenizer, problems, out_dir=out, group_size=4, max_new_tokens=8, min_failures=8,
-                     problems_per_batch=3, verifier=parity_verifier, progress=False, seed=3)  # fmt: skip
+    settings = CollectSettings(group_size=4, sampling=SamplingSettings(max_new_tokens=8), min_failures=8,
+                               problems_per_batch=3, seed=3)  # fmt: skip
+    credit = analyze(
+        model, tokenizer, problems, settings, out_dir=out, verifier=parity_verifier, progress=False
+    )
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     return model, tokenizer, problems, out, credit, rollouts
 
