@@ -15,6 +15,7 @@ from hsd.bench.step import (
     scripted_data,
     trainer_args,
 )
+from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.teacher.prompt import tokenize_prompt
 
 SDPO_SETTINGS = dict(
@@ -23,7 +24,7 @@ SDPO_SETTINGS = dict(
     distillation_weight=1.0,  # pure self-distillation, as HSD
     teacher_model_kind="live",  # the current weights under stop-gradient, as HSD
     use_successful_as_teacher=True,  # a successful rollout of the group as the teacher's context
-    success_reward_threshold=1.0,
+    success_reward_threshold=SUCCESS_THRESHOLD,  # success as HSD counts it
 )
 
 
