@@ -91,7 +91,6 @@ def _check_resume(summary_path: Path, settings: dict) -> None:
 def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: dict) -> dict:
     """The summary over the problems that have a record: avg@k, pass@k', greedy accuracy, reasons, lengths."""
     done = [records[p.id] for p in problems if p.id in records]
-    k = settings["k"]
     rewards = [[float(r) for r in rec["rewards"]] for rec in done]
     n_samples = sum(len(r) for r in rewards)
     correct = [sum(r >= settings["success_threshold"] for r in rs) for rs in rewards]  # solved samples
@@ -99,26 +98,26 @@ def summarize(problems: Sequence[Problem], records: dict[str, dict], settings: d
     mean_reward = sum(map(sum, rewards)) / n_samples if n_samples else None  # with any partial credit
     lengths = [n for rec in done for n in rec.get("num_tokens", [])]
     truncated = [t for rec in done for t in rec.get("truncated", [])]
-    summary = {
+    pass_k = None
+    if not settings["greedy"] and done:
+        pass_k = {
+            str(kk): sum(pass_at_k(len(rs), c, kk) for rs, c in zip(rewards, correct)) / len(done)
+            for kk in k_values(settings["k"])
+        }
+    return {
         "settings": settings,
         "n_problems": len(problems),
         "n_done": len(done),
         "complete": len(done) == len(problems),
         "n_samples": n_samples,
         "pass@1": None if settings["greedy"] else mean,  # avg@k: the share of all k samples solved
-        "pass@k": None,
+        "pass@k": pass_k,
         "greedy": mean if settings["greedy"] else None,
         "mean_reward": mean_reward,
         "reasons": dict(sorted(Counter(r for rec in done for r in rec["reasons"]).items())),
         "mean_completion_tokens": sum(lengths) / len(lengths) if lengths else None,
         "truncated_share": sum(truncated) / len(truncated) if truncated else None,
     }
-    if not settings["greedy"] and done:
-        summary["pass@k"] = {
-            str(kk): sum(pass_at_k(len(rs), c, kk) for rs, c in zip(rewards, correct)) / len(done)
-            for kk in k_values(k)
-        }
-    return summary
 
 
 def _eval_settings(
@@ -139,9 +138,8 @@ def _eval_settings(
 
 
 def _check_unique_ids(problems: Sequence[Problem]) -> None:
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
+    duplicate = next((i for i, n in Counter(p.id for p in problems).items() if n > 1), None)
+    if duplicate is not None:
         raise UserError(f"problems: id {duplicate!r} appears more than once; ids must be unique to resume")
 
 
@@ -190,20 +188,18 @@ class _EvalFiles:
 
 def _records(problems: Sequence[Problem], groups: VerifiedGroups, stop: set[int]) -> list[dict]:
     """One samples.jsonl record per problem: rewards, reasons, completions, lengths, truncation."""
-    records = []
-    for problem, (rows, texts, verdicts) in zip(problems, groups.per_problem()):
-        records.append(
-            {
-                "id": problem.id,
-                "answer": problem.answer,
-                "rewards": [v.reward for v in verdicts],
-                "reasons": [v.reason for v in verdicts],
-                "completions": texts,
-                "num_tokens": [len(row) for row in rows],
-                "truncated": [not row or row[-1] not in stop for row in rows],
-            }
-        )
-    return records
+    return [
+        {
+            "id": problem.id,
+            "answer": problem.answer,
+            "rewards": [v.reward for v in verdicts],
+            "reasons": [v.reason for v in verdicts],
+            "completions": texts,
+            "num_tokens": [len(row) for row in rows],
+            "truncated": [not row or row[-1] not in stop for row in rows],
+        }
+        for problem, (rows, texts, verdicts) in zip(problems, groups.per_problem())
+    ]
 
 
 def evaluate(
@@ -232,8 +228,7 @@ def evaluate(
     problems already in samples.jsonl are not recomputed. `info` (e.g. model and dataset names) is stored
     with the settings.
     """
-    if greedy:
-        k = 1
+    k = 1 if greedy else k
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     sampling = SamplingSettings(temperature, top_p, max_new_tokens, greedy)
