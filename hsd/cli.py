@@ -15,6 +15,7 @@ import traceback
 import warnings
 
 from hsd.errors import UserError
+from hsd.models import weight_file_bars_off
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,22 +30,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _NoCpuFallbackNotice(logging.Filter):
-    """Drops DeepSpeed's "Setting accelerator to CPU" warning. accelerate and transformers import DeepSpeed
-    whenever it is installed (saving a model, building a trainer); without a GPU it warns, on stdout,
-    that it falls back to the CPU: on this command line that is the device the user asked for. Every other
-    DeepSpeed message passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Setting accelerator to CPU")
-
-
 def quiet_libraries() -> None:
-    """What the command line hides of its libraries' output: notices a user can do nothing about (and
-    `run` turns off transformers' weight-file progress bars)."""
-    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackNotice())  # before DeepSpeed is imported
-    # TRL 1.16's generation helper calls transformers' deprecated gradient_checkpointing_* names once per
-    # evaluation; a user can do nothing about it, so the command line does not repeat it.
+    """Hide library notices a user can do nothing about: DeepSpeed's "Setting accelerator to CPU" (on stdout
+    when accelerate or transformers import it without a GPU; its other messages pass), and the FutureWarnings
+    of TRL 1.16's generation helper calling transformers' deprecated gradient_checkpointing_* names."""
+    deepspeed = logging.getLogger("DeepSpeed")  # filtered before DeepSpeed is imported
+    deepspeed.addFilter(lambda record: not record.getMessage().startswith("Setting accelerator to CPU"))
     warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
 
 
@@ -81,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(name: str, rest: list[str]) -> int:
     """Parse the subcommand's arguments and run it (without transformers' weight-file progress bars)."""
-    from hsd.models import weight_file_bars_off
-
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1])
     module.configure_parser(parser)
