@@ -62,25 +62,14 @@ def main(args: argparse.Namespace) -> int:
     recipe = {**quickstart_recipe(), "model": str(model_dir), "max_steps": args.steps}
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     held_out = load_problems(HELD_OUT)
-    results = compare(
-        recipe,
-        list(COMPARED_METHODS),
-        [args.seed],
-        out,
-        eval_problems=held_out,
-        eval_every=args.eval_every,
-        eval_k=args.eval_k,
-        command=f"hsd quickstart --steps {args.steps} --seed {args.seed}",
-        console=console,
-    )
+    results = compare(recipe, list(COMPARED_METHODS), [args.seed], out, eval_problems=held_out,
+                      eval_every=args.eval_every, eval_k=args.eval_k, console=console,
+                      command=f"hsd quickstart --steps {args.steps} --seed {args.seed}")  # fmt: skip
 
     console.print("credit report of the trained HSD model ...")
     credit_report(out / "hsd" / f"seed-{args.seed}" / "final", out / "credit", recipe, args)
-    console.print(
-        results_table(
-            results, f"held-out accuracy (pass@1, {len(held_out)} problems x {args.eval_k} samples)"
-        )
-    )
+    title = f"held-out accuracy (pass@1, {len(held_out)} problems x {args.eval_k} samples)"
+    console.print(results_table(results, title))
     console.print(
         f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
         "{metrics.jsonl, eval.jsonl, recipe.json, final/, runs/ (TensorBoard)}, credit/report.html)"
@@ -98,30 +87,17 @@ def credit_report(model_dir: Path, out: Path, recipe: dict, args: argparse.Names
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(HELD_OUT.replace("n=128", f"n={args.analysis_problems}"))
-    settings = CollectSettings(
-        group_size=recipe["num_generations"],
-        sampling=SamplingSettings(max_new_tokens=recipe["max_completion_length"]),
-        min_failures=64,
-        seed=args.seed,
-    )
-    analyze(
-        load_model(str(model_dir)),
-        load_tokenizer(str(model_dir)),
-        problems,
-        settings,
-        out_dir=out,
-        progress=False,
-        info={"model": str(model_dir), "dataset": HELD_OUT},
-    )
+    settings = CollectSettings(group_size=recipe["num_generations"], min_failures=64, seed=args.seed,
+                               sampling=SamplingSettings(max_new_tokens=recipe["max_completion_length"]))  # fmt: skip
+    analyze(load_model(str(model_dir)), load_tokenizer(str(model_dir)), problems, settings, out_dir=out,
+            progress=False, info={"model": str(model_dir), "dataset": HELD_OUT})  # fmt: skip
 
 
 def results_table(results: list[dict], title: str):
     """Each method's held-out accuracy before and after training, and its training time, as a rich table."""
     from rich.table import Table
 
-    table = Table(title=title)
-    for column in ("method", "before", "after", "train time"):
-        table.add_column(column)
+    table = Table("method", "before", "after", "train time", title=title)
     for r in results:
         table.add_row(
             r["method"],
