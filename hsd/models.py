@@ -43,6 +43,10 @@ def testbed_options(name: str) -> tuple[int, dict]:
     seed, knobs = 0, {}
     for item in name.partition(":")[2].split(","):
         key, _, value = item.partition("=")
+        if key not in ("", "seed", "steps", "error_rate"):
+            raise UserError(
+                f"model {name!r}: unknown testbed option {key!r} (known: seed, steps, error_rate)"
+            )
         try:
             if key == "seed":
                 seed = int(value)
@@ -50,13 +54,7 @@ def testbed_options(name: str) -> tuple[int, dict]:
                 knobs["steps_range"] = [int(value), int(value)]
             elif key == "error_rate":
                 knobs["error_rate"] = float(value)
-            elif key:
-                raise UserError(
-                    f"model {name!r}: unknown testbed option {key!r} (known: seed, steps, error_rate)"
-                )
-        except ValueError as exc:  # int() / float() of a bad value, or the UserError above
-            if isinstance(exc, UserError):
-                raise
+        except ValueError:  # int() / float() of a bad value
             raise UserError(f"model {name!r}: testbed option {key}={value!r} is not a number") from None
     return seed, knobs
 
@@ -71,16 +69,11 @@ def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **kn
     cached = cached_testbed_model(seed, cache_dir=cache_dir, **knobs)
     if cached is not None:
         return cached
-    took = (
-        "about 2 minutes on 2 idle cores"
-        if not knobs
-        else "with these knobs, longer than the default build's 2 minutes"
-    )
-    ahead = " ".join(
-        [
-            f"hsd testbed build --seed {seed}",
-            *(f"--knob {k}={json.dumps(v, separators=(',', ':'))}" for k, v in knobs.items()),
-        ]
+    took = "about 2 minutes on 2 idle cores"
+    if knobs:
+        took = "with these knobs, longer than the default build's 2 minutes"
+    ahead = f"hsd testbed build --seed {seed}" + "".join(
+        f" --knob {k}={json.dumps(v, separators=(',', ':'))}" for k, v in knobs.items()
     )
     announce(
         f"model {name!r}: no build in {cache_root(cache_dir)} yet; pretraining it now ({took}; "
@@ -146,9 +139,8 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(name_or_path)
-    kwargs = dict(source.init_kwargs)
-    kwargs["dtype"] = dtype if dtype is not None else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(source.pretrained, **kwargs)
+    dtype = dtype if dtype is not None else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source.pretrained, dtype=dtype, **source.init_kwargs)
     if source.gguf_file:
         # GGUF weights are dequantized to `dtype` on load: the model is a plain trainable model, not a
         # quantized one, so drop the markers that make Trainer refuse to fine-tune it.
