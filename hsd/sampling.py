@@ -47,11 +47,8 @@ def prompt_ids(tokenizer, problem: Problem) -> list[int]:
 
 def eos_ids(model, tokenizer) -> list[int]:
     """Every token that ends a completion: the tokenizer's eos and the model's generation eos."""
-    ids = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if source is None:
-            continue
-        ids.update(source if isinstance(source, list | tuple) else [source])
+    sources = (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
+    ids = {i for s in sources if s is not None for i in (s if isinstance(s, list | tuple) else [s])}
     if not ids:
         raise ValueError(
             "the tokenizer and the model both lack an eos token; cannot tell where completions end"
@@ -208,28 +205,22 @@ class LoadedModel:
         return {"model_path": self.path, "device": self.device, "threads": self.threads}
 
 
-def load_for_sampling(name: str, device: str | None = None, threads: int | None = None) -> LoadedModel:
-    """Pick the device (cuda when available), set torch's CPU threads (`set_cpu_threads`), then load the
-    tokenizer and the model (eval mode) from a hub id, a directory, a .gguf file or an alias."""
-    from hsd.models import load_model, load_tokenizer, resolve_model
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    threads = set_cpu_threads(threads)
-    tokenizer = load_tokenizer(name)
-    model = load_model(name, device=device)
-    return LoadedModel(model, tokenizer, device, threads, resolve_model(name).pretrained)
-
-
 def problems_and_model(args: argparse.Namespace, limit: int | None) -> tuple[list[Problem], LoadedModel]:
     """What `hsd eval` and `hsd analyze` start from: at most `limit` problems of --dataset (--split,
-    --instruction, --seed), then --model on --device with --threads. The problems come first, so that a
-    mistake in the data stops the command before any model loads."""
+    --instruction, --seed), then --model (a hub id, a directory, a .gguf file or an alias) in eval mode on
+    --device (default: cuda when available), after `set_cpu_threads(--threads)`. The problems come first, so
+    that a mistake in the data stops the command before any model loads."""
+    from hsd.models import load_model, load_tokenizer, resolve_model
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(
         args.dataset, split=args.split, limit=limit, instruction=args.instruction, seed=args.seed
     )
-    return problems, load_for_sampling(args.model, args.device, args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = set_cpu_threads(args.threads)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=device)
+    return problems, LoadedModel(model, tokenizer, device, threads, resolve_model(args.model).pretrained)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
