@@ -74,14 +74,8 @@ def plot_silence_curve(tables: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     curve = tables["silence_curve"]
     for context in tables["contexts"]:
-        ax.plot(
-            curve["bins"],
-            _nan(curve[context]),
-            marker="o",
-            ms=3,
-            color=COLORS[context],
-            label=LABELS[context],
-        )
+        ax.plot(curve["bins"], _nan(curve[context]), marker="o", ms=3, color=COLORS[context],
+                label=LABELS[context])  # fmt: skip
     return _save(fig, ax, path, xlabel="relative position t / |o|", ylabel="mean |A_t| (nats)",
                  title="Teacher silence: signal by position in the rollout", legend_size=8)  # fmt: skip
 
@@ -209,15 +203,9 @@ def _magnitude_table(tables: dict) -> str:
 def _difficulty_table(tables: dict) -> str:
     """Per difficulty bucket: rollouts, median tau, mean |A| at tau per context."""
     contexts = tables["contexts"]
-    rows = [
-        [
-            b,
-            _fmt(row["n_rollouts"]),
-            _fmt(row["median_tau"], 1),
-            *(_fmt(row["abs_credit_at_tau"].get(c)) for c in contexts),
-        ]  # fmt: skip
-        for b, row in tables["by_difficulty"].items()
-    ]
+    rows = [[b, _fmt(row["n_rollouts"]), _fmt(row["median_tau"], 1),
+             *(_fmt(row["abs_credit_at_tau"].get(c)) for c in contexts)]
+            for b, row in tables["by_difficulty"].items()]  # fmt: skip
     return _table(["bucket", "rollouts", "median tau", *(f"|A| at tau, {c}" for c in contexts)], rows)
 
 
@@ -253,20 +241,13 @@ def _error_html(tables: dict, widths: Sequence[str]) -> str:
                      _fmt(errors["abs_credit_at_error"][c]), _fmt(errors["abs_credit_elsewhere"][c])])  # fmt: skip
         rows.append([f"{LABELS[c]}, random position", *(_pct(errors["mass_within_random"][c].get(w)) for w in widths),
                      "", ""])  # fmt: skip
+    header = ["share of |A| within |t - error| <= w", *(f"w={w}" for w in widths), "mean |A| at error",
+              "mean |A| elsewhere"]  # fmt: skip
     return (
         f"<h3>Aligned at the true error ({errors['n']} rollouts whose first wrong token is known)</h3>"
         f"<p class='note'>tau is the true error for {_pct(errors['tau_equals_error_share'])} of them and comes "
         f"before it for {_pct(errors['tau_before_error_share'])}; median error position "
-        f"{_fmt(errors['median_error'], 1)}.</p>"
-        + _table(
-            [
-                "share of |A| within |t - error| <= w",
-                *(f"w={w}" for w in widths),
-                "mean |A| at error",
-                "mean |A| elsewhere",
-            ],
-            rows,
-        )  # fmt: skip
+        f"{_fmt(errors['median_error'], 1)}.</p>" + _table(header, rows)
     )
 
 
@@ -317,9 +298,8 @@ def _rollouts_html(rollouts: Sequence[FailedRollout], contexts: Sequence[str]) -
     if not rollouts:
         return "<p>No failed rollout with a successful peer was found.</p>"
     values = sorted(abs(a) for r in rollouts for c in contexts if c in r.teacher_logps for a in r.credit(c))
-    scale = (
-        values[int(0.95 * (len(values) - 1))] if values else 1.0
-    )  # colour saturates at the 95th percentile
+    # colour saturates at the 95th percentile
+    scale = values[int(0.95 * (len(values) - 1))] if values else 1.0
     index_rows, sections = [], []
     for k, r in enumerate(rollouts):
         at_tau = []
@@ -328,16 +308,8 @@ def _rollouts_html(rollouts: Sequence[FailedRollout], contexts: Sequence[str]) -
             at_tau.append(
                 _fmt(credit[r.tau]) if credit and r.tau is not None and r.tau < len(credit) else "-"
             )
-        index_rows.append(
-            [
-                f'<a href="#r{k}">{k}</a>',
-                html.escape(r.problem_id),
-                _fmt(r.tau),
-                _fmt(len(r.completion_ids)),
-                html.escape(r.reason),
-                *at_tau,
-            ]  # fmt: skip
-        )
+        index_rows.append([f'<a href="#r{k}">{k}</a>', html.escape(r.problem_id), _fmt(r.tau),
+                           _fmt(len(r.completion_ids)), html.escape(r.reason), *at_tau])  # fmt: skip
         nav = [f'<a href="#r{k - 1}">&larr; previous</a>' if k else "", '<a href="#index">index</a>']
         if k + 1 < len(rollouts):
             nav.append(f'<a href="#r{k + 1}">next &rarr;</a>')
