@@ -115,20 +115,15 @@ def _testbed_problems(spec: str, *, split: str | None, limit: int | None, seed: 
         raise UserError(f"spec {spec!r}: the testbed task is 'chain', got {name!r}")
     from hsd.tasks.chain import load_chain_problems
 
-    options.setdefault("seed", seed)
-    if split is not None:
-        options.setdefault("split", split)
-    if limit is not None:
-        options.setdefault("n", limit)
-    return load_chain_problems(**options)
+    defaults = {k: v for k, v in {"seed": seed, "split": split, "n": limit}.items() if v is not None}
+    return load_chain_problems(**{**defaults, **options})
 
 
 def _spec_rows(spec: str, split: str | None) -> tuple[list[Row], str, str]:
     """The rows of a hub dataset (`hf:`), a file, a `datasets` directory or a short name, where they came
     from, and the prefix of their problem ids."""
     if spec.startswith("hf:"):
-        rows, source = _hub_rows(spec, split), spec
-        return rows, source, spec
+        return _hub_rows(spec, split), spec, spec
     path, prefix = Path(spec), None
     if spec in SHORT_NAMES and not path.exists():
         relative, prefix = SHORT_NAMES[spec]
@@ -179,10 +174,9 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
             except json.JSONDecodeError as exc:
                 yield number, f"invalid JSON: {exc.msg} (column {exc.colno})"
                 continue
-            yield (
-                number,
-                row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}",
-            )
+            if not isinstance(row, dict):
+                row = f"expected a JSON object, got {type(row).__name__}"
+            yield number, row
 
 
 def _json_rows(path: Path) -> Iterator[Row]:
@@ -301,10 +295,10 @@ def _problem(row: dict, index: int, prefix: str, instruction: str | None, field_
     meta = _row_meta(row)
     row_kind = kind or ("code" if _is_code_row(row) else "math")
     if row_kind == "code":
-        answer, reference, meta["tests"] = _code_fields(row)
+        answer, meta["tests"] = _code_fields(row)
         default = CODE_INSTRUCTION.replace("{entry_point}", row.get("entry_point", "the function"))
         prompt = _with_instruction(prompt.rstrip(), default if instruction is None else instruction, "\n\n")
-        return Problem(problem_id, prompt, answer, kind="code", reference=reference, meta=meta)
+        return Problem(problem_id, prompt, answer, kind="code", meta=meta)
     answer_field = _pick(row, "answer", ANSWER_FIELDS, field_map)
     answer, reference = _math_answer(_text(row, answer_field, allow_numbers=True), answer_field)
     reference_field = field_map.get("reference") or ("reference" if answer_field != "reference" else None)
@@ -347,8 +341,8 @@ def _row_meta(row: dict) -> dict[str, Any]:
     return dict(meta or {})
 
 
-def _code_fields(row: dict) -> tuple[str, str | None, dict]:
-    """(canonical program or "", None, tests) for HumanEval- and MBPP+-style rows."""
+def _code_fields(row: dict) -> tuple[str, dict]:
+    """(canonical program or "", tests) for HumanEval- and MBPP+-style rows."""
     entry_point = row.get("entry_point")
     if not isinstance(entry_point, str) or not entry_point.strip():
         raise _RowError("entry_point", "missing or not a string")
@@ -361,7 +355,7 @@ def _code_fields(row: dict) -> tuple[str, str | None, dict]:
         prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else ""
         tests = {"test": row["test"], "entry_point": entry_point, "prompt": prompt}
         program = prompt + canonical if canonical and f"def {entry_point}" not in canonical else canonical
-        return program, None, tests
+        return program, tests
     inputs = row.get("inputs")
     if inputs is None:
         inputs = list(row.get("base_input") or []) + list(row.get("plus_input") or [])
@@ -372,11 +366,8 @@ def _code_fields(row: dict) -> tuple[str, str | None, dict]:
             raise _RowError("inputs", f"item {position} is not a list of arguments")
     if not canonical and "expected" not in row:
         raise _RowError("canonical_solution", "needed to compute the expected outputs (or give 'expected')")
-    tests = {"entry_point": entry_point, "inputs": inputs, "atol": row.get("atol") or 0}
-    for key in ("canonical_solution", "expected", "task_id"):
-        if row.get(key) is not None:
-            tests[key] = row[key]
-    return canonical, None, tests
+    given = {k: row[k] for k in ("canonical_solution", "expected", "task_id") if row.get(k) is not None}
+    return canonical, {"entry_point": entry_point, "inputs": inputs, "atol": row.get("atol") or 0, **given}
 
 
 def to_hf_dataset(problems: list[Problem]):
