@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hsd.core.contexts import TeacherContext, context_for
+from hsd.core.contexts import context_for
 from hsd.core.divergence import (
     abs_credit_at,
     coverage,
@@ -23,8 +23,9 @@ from hsd.core.divergence import (
     silence_curve,
 )
 from hsd.core.head import chunked_token_logps, output_head
-from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD, select_peers
-from hsd.sampling import SamplingSettings, chat_prompt, progress_bar, sample_and_verify
+from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
+from hsd.core.plan import TeacherPlan, plan_teachers
+from hsd.sampling import SamplingSettings, VerifiedGroups, chat_prompt, progress_bar, sample_and_verify
 from hsd.tasks.problem import UNCOMPUTED, Problem
 from hsd.tasks.rewards import Verifier
 from hsd.teacher.prefix import padded, prefix_shared_hidden
@@ -75,11 +76,9 @@ class FailedRollout:
     prompt: str = ""
     answer: str = ""
     error_position: int | None = None  # the token holding the first wrong character, when the verifier knows
-
-    @property
-    def tau(self) -> int | None:
-        """First divergence from the peer (Eq. 11), 0-indexed; None when the two are identical."""
-        return first_divergence(self.completion_ids, self.peer_ids)
+    tau: int | None = field(
+        kw_only=True
+    )  # the plan's first divergence from the peer (Eq. 11); None: identical
 
     def credit(self, context: str) -> list[float]:
         """A_t = log pT(o_t) - log pS(o_t) (Eq. 2) under `context`."""
@@ -93,7 +92,6 @@ class FailedRollout:
 
     def to_json(self) -> dict:
         record = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        record["tau"] = self.tau
         record["credit"] = {c: self.credit(c) for c in self.teacher_logps}
         return record
 
@@ -407,17 +405,6 @@ def completion_logprobs(
     return out
 
 
-def teacher_context(
-    context: str, answer: str, peer: int | None, reference: str | None
-) -> TeacherContext | None:
-    """The teacher context of each analysed context; None for reference when the problem has none."""
-    if context not in CONTEXTS:
-        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
-    if context == "reference" and reference is None:
-        return None
-    return context_for(context, answer=answer, peer=peer, reference=reference)
-
-
 def score_rollouts(
     model,
     tokenizer,
@@ -445,9 +432,9 @@ def score_rollouts(
         sequences.append((tokenize_prompt(tokenizer, prompt), r.completion_ids))
         targets.append((r, None))
         for context in contexts:
-            ctx = teacher_context(context, problem.answer, r.peer, problem.reference)
-            if ctx is None:
-                continue
+            if context == "reference" and problem.reference is None:
+                continue  # no reference solution: no reference teacher
+            ctx = context_for(context, answer=problem.answer, peer=r.peer, reference=problem.reference)
             peer_ids = r.peer_ids if ctx.peer is not None else None
             (teacher,) = teacher_input_ids(
                 [prompt],
@@ -539,40 +526,43 @@ class CollectSettings:
         )  # fmt: skip
 
 
-def _failures_with_peer(
-    tokenizer, problem: Problem, ids_G, texts_G, verdicts, rewards_G, peers, success_threshold: float
-) -> tuple[GroupOutcome, list[FailedRollout]]:
-    """How one group turned out, and its failed rollouts that have a peer (an unverifiable rollout, reward
-    -inf, is never a peer nor analysed, as in training)."""
-    group_size = len(rewards_G)
-    successes = sum(r >= success_threshold for r in rewards_G)
-    uncomputed = sum(r == -math.inf for r in rewards_G)
-    reference_ids = None
-    if problem.reference is not None:
-        reference_ids = list(tokenizer(problem.reference, add_special_tokens=False)["input_ids"])
-    failed = []
-    for i, (verdict, peer) in enumerate(zip(verdicts, peers)):
-        if rewards_G[i] >= success_threshold or rewards_G[i] == -math.inf or peer is None:
-            continue
-        visible = [tokenizer.decode([t], skip_special_tokens=True) for t in ids_G[i]]
-        failed.append(
-            FailedRollout(
-                problem_id=problem.id,
-                rollout=i,
-                peer=peer,
-                pass_rate=successes / group_size,
-                completion_ids=list(ids_G[i]),
-                peer_ids=list(ids_G[peer]),
-                reason=verdict.reason,
-                reference_ids=reference_ids,
-                completion_tokens=_token_texts(tokenizer, ids_G[i]),
-                peer_tokens=_token_texts(tokenizer, ids_G[peer]),
-                prompt=problem.prompt,
-                answer=problem.answer,
-                error_position=error_token(verdict, visible, texts_G[i]),
-            )
-        )
-    return GroupOutcome(problem.id, group_size, successes, uncomputed), failed
+def _rewards(sampled: VerifiedGroups) -> list[float]:
+    """Each rollout's reward, flat (NaN: not computed, as the trainer's reward function reports it)."""
+    return [math.nan if v.reason == UNCOMPUTED else v.reward for vs in sampled.verdicts_PG for v in vs]
+
+
+def _analysed(
+    tokenizer, batch: Sequence[Problem], sampled: VerifiedGroups, plan: TeacherPlan
+) -> tuple[list[GroupOutcome], list[FailedRollout]]:
+    """How each group of the batch turned out, and the failed rollouts that training distils with a peer:
+    those whose planned teacher context holds one (an uncomputed reward, NaN, gets no context)."""
+    groups, failed = [], []
+    rewards_N = _rewards(sampled)
+    for k, (problem, (ids_G, texts_G, verdicts)) in enumerate(zip(batch, sampled.per_problem())):
+        at, group_size = k * len(ids_G), len(ids_G)
+        successes = sum(plan.success[at : at + group_size])
+        uncomputed = sum(math.isnan(r) for r in rewards_N[at : at + group_size])
+        groups.append(GroupOutcome(problem.id, group_size, successes, uncomputed))
+        reference_ids = None
+        if problem.reference is not None:
+            reference_ids = list(tokenizer(problem.reference, add_special_tokens=False)["input_ids"])
+        for i, verdict in enumerate(verdicts):
+            context, tau = plan.contexts[at + i], plan.taus[at + i]
+            if plan.success[at + i] or context is None or context.peer is None:
+                continue
+            peer = context.peer - at
+            visible = [tokenizer.decode([t], skip_special_tokens=True) for t in ids_G[i]]
+            failed.append(
+                FailedRollout(
+                    problem_id=problem.id, rollout=i, peer=peer, pass_rate=successes / group_size,
+                    completion_ids=list(ids_G[i]), peer_ids=list(ids_G[peer]), reason=verdict.reason,
+                    reference_ids=reference_ids, completion_tokens=_token_texts(tokenizer, ids_G[i]),
+                    peer_tokens=_token_texts(tokenizer, ids_G[peer]), prompt=problem.prompt,
+                    answer=problem.answer, error_position=error_token(verdict, visible, texts_G[i]),
+                    tau=tau if tau >= 0 else None,  # -1: identical to its peer
+                )
+            )  # fmt: skip
+    return groups, failed
 
 
 def collect(
@@ -584,14 +574,14 @@ def collect(
     *,
     progress: bool = True,
 ) -> Analysis:
-    """Sample `group_size` rollouts per problem, a batch of problems at a time, verify them, pick each failed
-    rollout's peer (as in training) and score it under each context, until `min_failures` failed rollouts
-    with a peer are in hand or the problems run out."""
+    """Sample `group_size` rollouts per problem, a batch of problems at a time, verify them, plan each
+    batch's teachers as the trainer does (`plan_teachers`, context hsd) and score each failed rollout with a
+    peer under each context, until `min_failures` of them are in hand or the problems run out."""
     if len({p.id for p in problems}) != len(problems):
         raise ValueError("problems: ids must be unique")
     c = settings or CollectSettings()
     by_id = {p.id: p for p in problems}
-    generator = torch.Generator().manual_seed(c.seed)  # peer draws, as the trainer's uniform rule
+    generator = torch.Generator().manual_seed(c.seed)  # peer draws
     rollouts: list[FailedRollout] = []
     groups: list[GroupOutcome] = []
     bar = progress_bar(c.min_failures, "failed rollouts with a peer", progress)
@@ -603,17 +593,12 @@ def collect(
             sampled = sample_and_verify(model, tokenizer, batch, verifier, n=c.group_size, settings=c.sampling,
                                         batch_size=c.batch_size, seed=c.seed + start * c.group_size,
                                         verify_workers=c.verify_workers)  # fmt: skip
-            new: list[FailedRollout] = []
-            for problem, (ids_G, texts_G, verdicts) in zip(batch, sampled.per_problem()):
-                rewards_G = [-math.inf if v.reason == UNCOMPUTED else v.reward for v in verdicts]
-                peers = select_peers(
-                    rewards_G, c.group_size, c.peer_rule, generator=generator, threshold=c.success_threshold
-                )
-                group, failed = _failures_with_peer(
-                    tokenizer, problem, ids_G, texts_G, verdicts, rewards_G, peers, c.success_threshold
-                )
-                groups.append(group)
-                new.extend(failed)
+            ids_N = [ids for ids_G in sampled.ids_PG for ids in ids_G]
+            plan = plan_teachers(_rewards(sampled), c.group_size, ids_N, rule=c.peer_rule,
+                                 generator=generator, answers=[p.answer for p in batch],
+                                 threshold=c.success_threshold)  # fmt: skip
+            batch_groups, new = _analysed(tokenizer, batch, sampled, plan)
+            groups.extend(batch_groups)
             score_rollouts(model, tokenizer, new, by_id, c.contexts, template=c.template,
                            temperature=c.sampling.temperature, max_peer_tokens=c.max_peer_tokens,
                            batch_tokens=c.batch_tokens)  # fmt: skip

@@ -4,6 +4,7 @@ peers among the group's successes, writes every output, and its A_t is the teach
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import torch
 from cli_output import WARNINGS_ENV, noise
 
 from hsd.analysis.cli import analyze
-from hsd.analysis.credit import CollectSettings
+from hsd.analysis.credit import CollectSettings, collect, credit_tables
+from hsd.core.divergence import first_divergence
 from hsd.sampling import SamplingSettings
 from hsd.tasks.problem import Problem, Verdict
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
@@ -76,7 +78,28 @@ def test_peers_are_successes_and_failures_are_failures(run):
         assert r["peer"] != r["rollout"]
         assert parity_verifier(None, text(r["completion_ids"])).reward == 0.0
         assert parity_verifier(None, text(r["peer_ids"])).reward == 1.0
-        assert r["tau"] is None or r["completion_ids"][: r["tau"]] == r["peer_ids"][: r["tau"]]
+        assert r["tau"] == first_divergence(r["completion_ids"], r["peer_ids"])  # the plan's tau
+
+
+def test_a_nan_reward_is_not_computed_as_in_training(run):
+    """A verdict whose reward is NaN is planned as the trainer plans it: not computed, so never a failure
+    analysed nor a peer (a reason other than UNCOMPUTED does not make it a failure)."""
+    model, tokenizer, problems, *_ = run
+
+    def thirds(problem: Problem, completion: str) -> Verdict:
+        reward = (1.0, 0.0, math.nan)[sum(c.isalpha() for c in completion) % 3]
+        return Verdict(reward, "wrong")
+
+    settings = CollectSettings(group_size=4, sampling=SamplingSettings(max_new_tokens=8), min_failures=4,
+                               problems_per_batch=3, seed=3, contexts=("hsd",))  # fmt: skip
+    analysis = collect(model, tokenizer, problems, thirds, settings, progress=False)
+    counts = credit_tables(analysis.rollouts, analysis.groups)["counts"]
+    assert counts["uncomputed"] > 0 and counts["analysed"] == counts["failed_with_peer"] > 0
+    assert counts["successes"] + counts["failures"] + counts["uncomputed"] == counts["rollouts"]
+    analysed = analysis.rollouts
+    text = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    assert [thirds(None, text(r.completion_ids)).reward for r in analysed] == [0.0] * len(analysed)
+    assert all(thirds(None, text(r.peer_ids)).reward == 1.0 for r in analysed)
 
 
 def test_hsd_credit_is_teacher_minus_student_on_the_exact_ids(run):

@@ -30,13 +30,13 @@ def _constructed():
         completion_ids=[1, 2, 3, 4, 5], peer_ids=[1, 2, 9, 9],
         student_logps=[-1.0] * 5,
         teacher_logps={"opsd": [-1.0, -1.0, -1.5, -1.0, -1.0], "hsd": [-1.0, -1.2, -3.0, -1.4, -1.0]},
-        reference_ids=[1, 2, 3, 0],
+        reference_ids=[1, 2, 3, 0], tau=2,
     )  # fmt: skip
     b = FailedRollout(
         problem_id="b", rollout=2, peer=0, pass_rate=0.75,
         completion_ids=[7, 8, 9], peer_ids=[6, 8, 9],
         student_logps=[-2.0] * 3,
-        teacher_logps={"opsd": [-1.0, -2.0, -2.5], "hsd": [-4.0, -2.0, -1.0]},
+        teacher_logps={"opsd": [-1.0, -2.0, -2.5], "hsd": [-4.0, -2.0, -1.0]}, tau=0,
     )  # fmt: skip
     groups = [GroupOutcome("a", 4, 1), GroupOutcome("b", 4, 3), GroupOutcome("c", 4, 0)]
     return [a, b], groups
@@ -52,7 +52,6 @@ def test_credit_is_teacher_minus_student_logprob():
     (a, b), _ = _constructed()
     assert a.credit("hsd") == pytest.approx([0, -0.2, -2, -0.4, 0])
     assert b.credit("opsd") == pytest.approx([1, 0, -0.5])
-    assert (a.tau, b.tau) == (2, 0)
 
 
 def test_mass_within_matches_hand_computed_shares(tables):
@@ -117,7 +116,9 @@ def test_counts(tables):
 
 def test_random_control_equals_tau_table_when_every_position_is_tau():
     rollouts = [
-        FailedRollout("p", 0, 1, 0.5, [3], [4], student_logps=[-1.0], teacher_logps={"hsd": [-1.0 - k]})
+        FailedRollout(
+            "p", 0, 1, 0.5, [3], [4], student_logps=[-1.0], teacher_logps={"hsd": [-1.0 - k]}, tau=0
+        )
         for k in range(1, 4)
     ]
     tables = credit_tables(rollouts, [GroupOutcome("p", 4, 2)], widths=(0, 2))
@@ -125,7 +126,7 @@ def test_random_control_equals_tau_table_when_every_position_is_tau():
 
 
 def test_random_positions_are_seeded_in_range_and_roughly_uniform():
-    rollouts = [FailedRollout("p", 0, 1, 0.5, list(range(10)), [99]) for _ in range(2000)]
+    rollouts = [FailedRollout("p", 0, 1, 0.5, list(range(10)), [99], tau=0) for _ in range(2000)]
     first, again, other = (random_positions(rollouts, s) for s in (0, 0, 1))
     assert first == again and first != other
     assert all(0 <= p < 10 for p in first)
@@ -159,8 +160,8 @@ def test_score_rollouts_uses_the_trained_teachers_sequences(tiny_model_dir):
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     completion, peer = encode("2+3=6") + [tokenizer.eos_token_id], encode("2+3=5") + [tokenizer.eos_token_id]
     rollouts = [
-        FailedRollout("q1", 0, 1, 0.5, completion, peer),
-        FailedRollout("q1", 2, 1, 0.5, completion[:3], peer),
+        FailedRollout("q1", 0, 1, 0.5, completion, peer, tau=4),
+        FailedRollout("q1", 2, 1, 0.5, completion[:3], peer, tau=3),
     ]
     score_rollouts(model, tokenizer, rollouts, {"q1": problem}, ("opsd", "hsd", "reference"), batch_tokens=40)
 

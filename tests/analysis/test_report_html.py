@@ -36,7 +36,7 @@ def _rollouts(n: int, seed: int = 0) -> list[FailedRollout]:
                 completion_ids=ids, peer_ids=peer, student_logps=student, teacher_logps=teacher,
                 reason="wrong", completion_tokens=[rng.choice(TRICKY_TOKENS) for _ in ids],
                 peer_tokens=[rng.choice(TRICKY_TOKENS) for _ in peer], prompt="What is <1 & 2>?", answer="3",
-                error_position=rng.choice([None, rng.randint(tau, length - 1)]),
+                error_position=rng.choice([None, rng.randint(tau, length - 1)]), tau=tau,
             )
         )  # fmt: skip
     return out
