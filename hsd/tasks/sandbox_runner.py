@@ -10,6 +10,7 @@ Standard library only. Started by hsd.tasks.code as `python -S -s -P sandbox_run
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
 import os
@@ -317,12 +318,12 @@ def _drop_privileges(uid: int) -> None:
         raise RuntimeError("could not drop privileges")
 
 
-def _no_new_privileges() -> None:
+def _prctl(option: int, value: int) -> None:
+    """Linux prctl(option, value); nothing where libc or prctl is missing."""
     try:
         import ctypes
 
-        # PR_SET_NO_NEW_PRIVS: setuid binaries stay inert
-        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -351,12 +352,10 @@ def _confine(job: dict, request_fd: int, reply_fd: int, output_fd: int) -> None:
     keep = {0, 1, 2, request_fd, reply_fd}
     for fd in range(3, 1024):
         if fd not in keep:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
     os.chdir(job["workdir"])
-    _no_new_privileges()
+    _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: setuid binaries stay inert
     _limit(job)
     if job.get("uid") is not None:
         _drop_privileges(job["uid"])
@@ -517,20 +516,13 @@ class Candidate:
         if not self.alive:
             return
         self.alive = False
-        for target in (
-            lambda: os.killpg(self.pid, signal.SIGKILL),
-            lambda: os.kill(self.pid, signal.SIGKILL),
-        ):
-            try:
-                target()
-            except (ProcessLookupError, PermissionError):
-                pass
+        for kill in (os.killpg, os.kill):  # its process group, then the process itself
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(self.pid, signal.SIGKILL)
         _, self.status = os.waitpid(self.pid, 0)
         for fd in (self.request_fd, self.reply_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------- test suites
@@ -747,16 +739,6 @@ def _failing_line(error: BaseException, source_lines: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- main
-def _become_subreaper() -> None:
-    """Orphaned descendants of the program become the judge's children, so it can reap them."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
 def _kill_everything_of(uid: int | None) -> None:
     """Kill every process of the program's throwaway uid (even ones that left its process group), then reap."""
     if uid is not None:
@@ -789,16 +771,15 @@ def judge(job: dict) -> dict:
     if job.get("uid") is not None:
         os.fchown(output_fd, job["uid"], job["uid"])
     for name in job.get("preload", []):  # modules the dropped uid may be unable to read from disk
-        try:
+        with contextlib.suppress(ImportError):
             __import__(name)
-        except ImportError:
-            pass
-    _become_subreaper()
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the program's orphaned descendants become ours, to reap
     run = Run(job)
     candidate = Candidate(job, output_fd)  # forked before the tests are read: it never holds them
     os.close(output_fd)
     job.update(read_job_part())
-    _not_dumpable()
+    # PR_SET_DUMPABLE 0: the judge's memory (the expected outputs) is out of reach of same-uid processes
+    _prctl(4, 0)
     try:
         load_deadline = min(time.monotonic() + job["timeout"], run.total_deadline)
         try:
@@ -834,16 +815,6 @@ def read_job_part() -> dict:
     """One length-prefixed JSON part of the job from stdin, read exactly (nothing beyond it is buffered)."""
     (size,) = JOB_HEADER.unpack(read_exact(0, JOB_HEADER.size, None))
     return json.loads(read_exact(0, size, None))
-
-
-def _not_dumpable() -> None:
-    """Keep the judge's memory (the expected outputs) out of reach of same-uid processes (ptrace, /proc/mem)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
-    except (OSError, AttributeError):
-        pass
 
 
 def main() -> None:
