@@ -103,15 +103,14 @@ def resolve_model(name_or_path: str) -> ModelSource:
     name = str(name_or_path)
     if name == "testbed" or name.startswith("testbed:"):
         return ModelSource(str(testbed_model(name)))
-    if name.lower() in SMOLLM2_ALIASES or name.lower().split("/")[-1] in SMOLLM2_ALIASES:
+    if name.lower().split("/")[-1] in SMOLLM2_ALIASES:  # an alias, alone or after an owner/
         gguf = smollm2_gguf_path()
         return ModelSource(str(gguf.parent), gguf.name)
+    path = Path(name).expanduser()
     if name.endswith(".gguf"):
-        path = Path(name).expanduser()
         if not path.is_file():
             raise MissingInputError(f"GGUF model file not found: {path}")
         return ModelSource(str(path.parent.resolve()), path.name)
-    path = Path(name).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(
             f"model path {path} is a file but not a .gguf; pass a model directory, a GGUF or a hub id"
