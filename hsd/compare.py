@@ -20,6 +20,7 @@ from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.stats import curve_auc, mean_std, paired_difference
 
 ACCEPTS_OVERRIDES = True  # extra --field value pairs override the recipe for every run
+PHASES = ("rollout", "scoring", "teacher", "update")  # the timed phases of a training step (time/NAME)
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
@@ -48,18 +49,10 @@ class HeldOutAccuracy(TrainerCallback):
 
         was_training = model.training
         model.eval()  # generation with gradient checkpointing active (train mode) runs without a KV cache
-        summary = evaluate(
-            model,
-            tokenizer,
-            held_out.problems,
-            k=self.k,
-            temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens,
-            seed=self.seed + step,
-            success_threshold=self.success_threshold,
-            progress=False,
-            batch_size=256,  # one generate call for a small model; memory is not the limit here
-        )
+        # batch_size 256: one generate call for a small model; memory is not the limit here
+        summary = evaluate(model, tokenizer, held_out.problems, k=self.k, temperature=self.temperature,
+                           max_new_tokens=self.max_new_tokens, seed=self.seed + step, batch_size=256,
+                           success_threshold=self.success_threshold, progress=False)  # fmt: skip
         model.train(was_training)
         accuracy = summary["pass@1"]
         with held_out.path.open("a") as f:
@@ -185,10 +178,7 @@ def summarize_run(out: Path) -> dict:
     metrics = [m for m in _read_jsonl(out / "metrics.jsonl") if "reward" in m]
     by_step = {e["step"]: e["accuracy"] for e in _read_jsonl(out / "eval.jsonl")}
     validation = {e["step"]: e["accuracy"] for e in _read_jsonl(out / "validation.jsonl")}
-    phases = {}
-    for name in ("rollout", "scoring", "teacher", "update"):
-        values = [m[f"time/{name}"] for m in metrics if f"time/{name}" in m]
-        phases[name] = statistics.median(values) if values else None
+    phases = {name: [m[f"time/{name}"] for m in metrics if f"time/{name}" in m] for name in PHASES}
     return {
         "accuracy_curve": sorted(by_step.items()),
         "reward_curve": [(m["step"], m["reward"]) for m in metrics],
@@ -198,7 +188,7 @@ def summarize_run(out: Path) -> dict:
         "validation_curve": sorted(validation.items()),
         "validation_final_accuracy": validation[max(validation)] if validation else None,
         "validation_auc_accuracy": curve_auc(sorted(validation.items())),
-        "phase_seconds": phases,
+        "phase_seconds": {name: statistics.median(v) if v else None for name, v in phases.items()},
     }
 
 
@@ -206,8 +196,6 @@ def steps_to_reach(curve: list, threshold: float) -> int | None:
     """First evaluated step whose accuracy is at least `threshold`."""
     return next((step for step, acc in curve if acc >= threshold), None)
 
-
-_mean_std = mean_std
 
 # split -> (final-accuracy key, area-under-curve key, curve key) of a run summary
 SPLIT_KEYS = {
@@ -220,9 +208,7 @@ def _run_value(run: dict, key: str) -> float | None:
     """A summary value, recomputed from the curve where an older done.json lacks it."""
     if key in run:
         return run[key]
-    curve = run.get(
-        {"auc_accuracy": "accuracy_curve", "validation_auc_accuracy": "validation_curve"}.get(key)
-    )
+    curve = run.get({auc: curve_key for _, auc, curve_key in SPLIT_KEYS.values()}.get(key))
     return curve_auc(curve) if curve else None
 
 
@@ -296,24 +282,21 @@ def statistics_lines(stats: dict, baseline: str, split: str) -> list[str]:
 
 def _method_row(method: str, runs: list[dict], threshold: float) -> str:
     """One method's row of comparison.md: initial and final accuracy, steps to `threshold`, phase times."""
-    init_m, _ = _mean_std([r.get("initial_accuracy") for r in runs])
-    fin_m, fin_s = _mean_std([r.get("final_accuracy") for r in runs])
+    init_m, _ = mean_std([r.get("initial_accuracy") for r in runs])
+    fin_m, fin_s = mean_std([r.get("final_accuracy") for r in runs])
     reached = [s for s in (steps_to_reach(r["accuracy_curve"], threshold) for r in runs) if s is not None]
     reach = (
         f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(runs)})" if reached else f"- (0/{len(runs)})"
     )
-    phases = []
-    for name in ("rollout", "scoring", "teacher", "update"):
-        m, _ = _mean_std([r["phase_seconds"].get(name) for r in runs])
-        phases.append("-" if math.isnan(m) else f"{m:.2f}")
-    return f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {' | '.join(phases)} |"
+    means = [mean_std([r["phase_seconds"].get(name) for r in runs])[0] for name in PHASES]
+    phases = " | ".join("-" if math.isnan(m) else f"{m:.2f}" for m in means)
+    return f"| {method} | {init_m:.3f} | {fin_m:.3f} +/- {fin_s:.3f} | {reach} | {phases} |"
 
 
 def _paired_sections(report: dict, results: list[dict], baseline: str) -> list[str]:
     """The sections of comparison.md against `baseline`, one per split that was evaluated, and the pairing
     check; their statistics go into `report` (comparison.json)."""
-    report["baseline"] = baseline
-    report["statistics"] = {}
+    report.update(baseline=baseline, statistics={})
     lines = []
     for split in SPLIT_KEYS:
         if not any(r.get(SPLIT_KEYS[split][2]) for r in results):
