@@ -147,31 +147,14 @@ class VerifiedGroups:
         return zip(self.ids_PG, self.texts_PG, self.verdicts_PG)
 
 
-def sample_and_verify(
-    model,
-    tokenizer,
-    problems: Sequence[Problem],
-    verifier: Verifier,
-    *,
-    n: int,
-    settings: SamplingSettings,
-    batch_size: int,
-    seed: int,
-    verify_workers: int = 2,
-    progress=None,
-) -> VerifiedGroups:
+def sample_and_verify(model, tokenizer, problems: Sequence[Problem], verifier: Verifier, *, n: int,
+                      settings: SamplingSettings, batch_size: int, seed: int, verify_workers: int = 2,
+                      progress=None) -> VerifiedGroups:  # fmt: skip
     """`generate` `n` completions from each problem's chat prompt, decode them and verify them
     (`verify_workers` at a time)."""
-    ids_PG = generate(
-        model,
-        tokenizer,
-        [prompt_ids(tokenizer, p) for p in problems],
-        n=n,
-        settings=settings,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-    )
+    prompts = [prompt_ids(tokenizer, p) for p in problems]
+    ids_PG = generate(model, tokenizer, prompts, n=n, settings=settings, batch_size=batch_size, seed=seed,
+                      progress=progress)  # fmt: skip
     texts_PG = [[decode(tokenizer, ids) for ids in ids_G] for ids_G in ids_PG]
     return VerifiedGroups(ids_PG, texts_PG, verify_all(problems, texts_PG, verifier, verify_workers))
 
