@@ -146,13 +146,8 @@ def checked_problems(script: TrainScript, args) -> tuple[list, object]:
     from hsd.models import load_tokenizer
     from hsd.tasks.datasets import load_problems
 
-    problems = load_problems(
-        script.dataset,
-        split=script.dataset_split,
-        limit=script.dataset_limit,
-        instruction=script.instruction,
-        seed=args.seed,
-    )
+    problems = load_problems(script.dataset, split=script.dataset_split, limit=script.dataset_limit,
+                             instruction=script.instruction, seed=args.seed)  # fmt: skip
     budget = prompt_budget(context_size(script.model), script.max_prompt_length, args.max_completion_length)
     tokenizer = load_tokenizer(script.model)
     problems, notes = fit_prompts(problems, tokenizer, budget, script.long_prompts)
@@ -181,14 +176,9 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
         num_workers=script.reward_workers, math_timeout=script.math_timeout, code_timeout=script.code_timeout
     )
     model = load_model(script.model)
-    trainer = HSDTrainer(
-        model,
-        reward_funcs=reward,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl"), *(callbacks or [])],
-    )
+    metrics = MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")
+    trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, callbacks=[metrics, *(callbacks or [])])  # fmt: skip
     trainer.run_lock = lock
     return trainer
 
