@@ -87,8 +87,10 @@ def credit_report(model_dir: Path, out: Path, recipe: dict, args: argparse.Names
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(HELD_OUT.replace("n=128", f"n={args.analysis_problems}"))
-    settings = CollectSettings(group_size=recipe["num_generations"], min_failures=64, seed=args.seed,
-                               sampling=SamplingSettings(max_new_tokens=recipe["max_completion_length"]))  # fmt: skip
+    sampling = SamplingSettings(max_new_tokens=recipe["max_completion_length"])
+    settings = CollectSettings(
+        group_size=recipe["num_generations"], sampling=sampling, min_failures=64, seed=args.seed
+    )
     analyze(load_model(str(model_dir)), load_tokenizer(str(model_dir)), problems, settings, out_dir=out,
             progress=False, info={"model": str(model_dir), "dataset": HELD_OUT})  # fmt: skip
 
