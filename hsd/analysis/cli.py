@@ -12,13 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hsd.analysis.credit import CONTEXTS, WIDTHS, CollectSettings, FailedRollout, collect, credit_tables
-from hsd.analysis.report import write_report
+from hsd.analysis.report import percent, write_report
 from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
 from hsd.sampling import SamplingSettings, add_sampling_arguments, problems_and_model
 from hsd.tasks.problem import Problem
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_problem
 
 CREDIT_FILE = "credit.json"
+# the CollectSettings fields that `hsd analyze` takes from the option of the same name
+COLLECT_OPTIONS = ("group_size", "min_failures", "problems_per_batch", "batch_size", "seed", "peer_rule",
+                   "success_threshold", "contexts", "max_peer_tokens", "batch_tokens", "verify_workers")  # fmt: skip
 ROLLOUTS_FILE = "rollouts.jsonl"
 
 
@@ -127,31 +130,12 @@ def main(args: argparse.Namespace) -> int:
     if args.problems < 1:
         raise UserError(f"--problems must be >= 1, got {args.problems}")
     problems, loaded = problems_and_model(args, limit=args.problems)
-    settings = CollectSettings(
-        group_size=args.group_size,
-        sampling=SamplingSettings(args.temperature, args.top_p, args.max_new_tokens),
-        min_failures=args.min_failures,
-        problems_per_batch=args.problems_per_batch,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        peer_rule=args.peer_rule,
-        success_threshold=args.success_threshold,
-        contexts=args.contexts,
-        max_peer_tokens=args.max_peer_tokens,
-        batch_tokens=args.batch_tokens,
-        verify_workers=args.verify_workers,
-    )
-    credit = analyze(
-        loaded.model,
-        loaded.tokenizer,
-        problems,
-        settings,
-        out_dir=args.out,
-        verifier=VERIFIERS[args.verifier],
-        max_report_rollouts=args.report_rollouts,
-        progress=not args.quiet,
-        info={"model": args.model, "dataset": args.dataset, "verifier": args.verifier, **loaded.info()},
-    )
+    sampling = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens)
+    settings = CollectSettings(sampling=sampling, **{name: getattr(args, name) for name in COLLECT_OPTIONS})
+    info = {"model": args.model, "dataset": args.dataset, "verifier": args.verifier, **loaded.info()}
+    credit = analyze(loaded.model, loaded.tokenizer, problems, settings, out_dir=args.out, info=info,
+                     verifier=VERIFIERS[args.verifier], max_report_rollouts=args.report_rollouts,
+                     progress=not args.quiet)  # fmt: skip
     _print_outcome(credit, args, time.perf_counter() - start)
     return 0
 
@@ -168,12 +152,8 @@ def _print_outcome(credit: dict, args: argparse.Namespace, total: float) -> None
         )
     print(
         f"hsd analyze: {counts['analysed']} failed rollouts with a peer from {counts['problems']} problems, "
-        f"tau = 0 for {_share(credit['tau_zero_share'])}, {total:.0f} s in all; wrote {Path(args.out) / 'report.html'}",
+        f"tau = 0 for {percent(credit['tau_zero_share'])}, {total:.0f} s in all; wrote {Path(args.out) / 'report.html'}",
         file=sys.stderr,
     )
     summary = {"wall_s_total": round(total, 1), "counts": counts, "mass_within": credit["mass_within"]}
     print(json.dumps(summary))
-
-
-def _share(value) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"

@@ -132,7 +132,8 @@ def _fmt(value, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
+    """A share in [0, 1] as a whole percentage; "-" for None."""
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
@@ -145,9 +146,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _mass_rows(tables: dict, key: str, control: str, widths: Sequence[str]) -> list[list[str]]:
     rows = []
     for context in tables["contexts"]:
-        rows.append([LABELS[context], *(_pct(tables[key][context].get(w)) for w in widths)])
+        rows.append([LABELS[context], *(percent(tables[key][context].get(w)) for w in widths)])
         rows.append(
-            [f"{LABELS[context]}, random position", *(_pct(tables[control][context].get(w)) for w in widths)]
+            [
+                f"{LABELS[context]}, random position",
+                *(percent(tables[control][context].get(w)) for w in widths),
+            ]
         )
     return rows
 
@@ -156,14 +160,14 @@ def _tables_html(tables: dict) -> str:
     widths = list(next(iter(tables["mass_within"].values()), {}).keys()) or ["2", "4", "8", "16", "32"]
     header = ["share of |A| within |t - tau| <= w", *(f"w={w}" for w in widths)]
     paper = [
-        [f"paper: {name}", *(_pct(values.get(w)) for w in widths)]
+        [f"paper: {name}", *(percent(values.get(w)) for w in widths)]
         for name, values in PAPER_MASS_WITHIN.items()
     ]
     counts = tables["counts"]
     parts = [
         "<h2>Credit at the divergence</h2>",
         f"<p class='note'>{counts['analysed']} failed rollouts with a peer; median tau {_fmt(tables['median_tau'], 1)}; "
-        f"tau = 0 (no shared prefix) for {_pct(tables['tau_zero_share'])} of them.</p>",
+        f"tau = 0 (no shared prefix) for {percent(tables['tau_zero_share'])} of them.</p>",
         "<h3>All analysed failures</h3>",
         _table(header, _mass_rows(tables, "mass_within", "mass_within_random", widths) + paper),
         f"<h3>Failures with tau &gt; 0 ({tables['n_tau_pos']})</h3>",
@@ -212,7 +216,7 @@ def _difficulty_table(tables: dict) -> str:
 def _prefix_table(tables: dict) -> str:
     """How many tokens the failed rollout shares with its peer and with the reference solution."""
     rows = [
-        [name, _fmt(s["n"]), _fmt(s["median"], 1), _fmt(s["mean"], 1), _pct(s["zero_share"])]
+        [name, _fmt(s["n"]), _fmt(s["median"], 1), _fmt(s["mean"], 1), percent(s["zero_share"])]
         for name, s in (
             ("successful peer", tables["shared_prefix"]["peer"]),
             ("reference solution", tables["shared_prefix"]["reference"]),
@@ -237,16 +241,16 @@ def _error_html(tables: dict, widths: Sequence[str]) -> str:
         return ""
     rows = []
     for c in tables["contexts"]:
-        rows.append([LABELS[c], *(_pct(errors["mass_within"][c].get(w)) for w in widths),
+        rows.append([LABELS[c], *(percent(errors["mass_within"][c].get(w)) for w in widths),
                      _fmt(errors["abs_credit_at_error"][c]), _fmt(errors["abs_credit_elsewhere"][c])])  # fmt: skip
-        rows.append([f"{LABELS[c]}, random position", *(_pct(errors["mass_within_random"][c].get(w)) for w in widths),
+        rows.append([f"{LABELS[c]}, random position", *(percent(errors["mass_within_random"][c].get(w)) for w in widths),
                      "", ""])  # fmt: skip
     header = ["share of |A| within |t - error| <= w", *(f"w={w}" for w in widths), "mean |A| at error",
               "mean |A| elsewhere"]  # fmt: skip
     return (
         f"<h3>Aligned at the true error ({errors['n']} rollouts whose first wrong token is known)</h3>"
-        f"<p class='note'>tau is the true error for {_pct(errors['tau_equals_error_share'])} of them and comes "
-        f"before it for {_pct(errors['tau_before_error_share'])}; median error position "
+        f"<p class='note'>tau is the true error for {percent(errors['tau_equals_error_share'])} of them and comes "
+        f"before it for {percent(errors['tau_before_error_share'])}; median error position "
         f"{_fmt(errors['median_error'], 1)}.</p>" + _table(header, rows)
     )
 
