@@ -5,6 +5,7 @@ Completions are kept as the exact token ids generated, up to and including the f
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,17 +75,9 @@ def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    prompts: Sequence[Sequence[int]],
-    *,
-    n: int = 1,
-    settings: SamplingSettings = SamplingSettings(),
-    batch_size: int = 32,
-    seed: int = 0,
-    progress=None,
-) -> list[list[list[int]]]:
+def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, n: int = 1,
+             settings: SamplingSettings = SamplingSettings(), batch_size: int = 32, seed: int = 0,
+             progress=None) -> list[list[list[int]]]:  # fmt: skip
     """`n` completions (token ids up to and including the first eos) for each prompt (token ids).
 
     Rows (prompt x sample) are generated `batch_size` at a time, left-padded, longest prompts together. The
@@ -162,8 +155,6 @@ def sample_and_verify(model, tokenizer, problems: Sequence[Problem], verifier: V
 def set_cpu_threads(threads: int | None = None) -> int:
     """Set torch's CPU threads: `threads`, else 1 when the load average already fills every core (OpenMP
     threads that wait on each other make a busy machine several times slower), else torch's default."""
-    import os
-
     if threads is None and os.getloadavg()[0] >= (os.cpu_count() or 1):
         threads = 1
     if threads is not None:
