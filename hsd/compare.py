@@ -233,7 +233,8 @@ def paired_statistics(results: list[dict], baseline: str, split: str = "test") -
             seeds = sorted(s for s in values if base_values.get(s) is not None)
             diff = paired_difference([values[s] for s in seeds], [base_values[s] for s in seeds])
             entry[f"{label}_vs_{baseline}"] = {**dataclasses.asdict(diff), "seeds": seeds}
-        out[method] = entry
+        if entry["final"]["n"]:  # a method not evaluated on this split has no row
+            out[method] = entry
     return out
 
 

@@ -64,3 +64,8 @@ def test_paired_statistics_on_a_constructed_comparison():
     assert d["p_value"] == pytest.approx(0.074180, abs=1e-6)
     assert stats["hsd"]["auc"]["mean"] == pytest.approx((0.4 + 0.7) / 2)  # seed 1: (0.4 + 0.7) / 2 = 0.55
     assert stats["grpo"]["final_vs_grpo"]["mean"] == 0.0
+
+    # only seed 0 of grpo was evaluated on the validation split: hsd has no validation row, not a NaN one
+    results[0] |= {"validation_final_accuracy": 0.5, "validation_curve": [(0, 0.4), (10, 0.5)]}
+    validation = paired_statistics(results, "grpo", "validation")
+    assert list(validation) == ["grpo"] and validation["grpo"]["final"]["n"] == 1
