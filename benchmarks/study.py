@@ -107,7 +107,11 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "hsd-kl-st-highest-ppl": ("hsd", ["--divergence", "kl_student_teacher", "--peer_rule", "highest_ppl"]),
     "hsd-kl-st-first": ("hsd", ["--divergence", "kl_student_teacher", "--peer_rule", "first"]),
     "hsd-kl-st-peer-only": ("hsd", ["--divergence", "kl_student_teacher", "--context", "peer"]),
-    "hsd-jsd": ("hsd", ["--divergence", "jsd"]),  # the divergence ablation's third kind (alpha 0.5)
+    "hsd-jsd": ("hsd", ["--divergence", "jsd"]),
+    # 60 steps (twice every other cell's budget): the long-run row of the plateau's first report
+    "grpo-60": ("grpo", ["--max_steps", "60"]),
+    "hsd-60": ("hsd", ["--max_steps", "60"]),
+    "hsd-kl-st-60": ("hsd", ["--divergence", "kl_student_teacher", "--max_steps", "60"]),  # the divergence ablation's third kind (alpha 0.5)
     "hsd-mix-from-tau": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--distill_positions", "from_tau"]),
     "hsd-mix-tt0.5": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5"]),
     "live": ("hsd", ["--teacher_weights", "live"]),
