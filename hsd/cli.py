@@ -30,12 +30,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _not_deepspeed_cpu_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
 def quiet_libraries() -> None:
     """Hide library notices a user can do nothing about: DeepSpeed's "Setting accelerator to CPU" (on stdout
     when accelerate or transformers import it without a GPU; its other messages pass), and the FutureWarnings
-    of TRL 1.16's generation helper calling transformers' deprecated gradient_checkpointing_* names."""
-    deepspeed = logging.getLogger("DeepSpeed")  # filtered before DeepSpeed is imported
-    deepspeed.addFilter(lambda record: not record.getMessage().startswith("Setting accelerator to CPU"))
+    of TRL 1.16's generation helper calling transformers' deprecated gradient_checkpointing_* names. Calling
+    it again adds nothing (a logger keeps one copy of a filter)."""
+    logging.getLogger("DeepSpeed").addFilter(_not_deepspeed_cpu_notice)  # set before DeepSpeed is imported
     warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing", category=FutureWarning)
 
 

@@ -61,10 +61,7 @@ class HeldOutAccuracy(TrainerCallback):
 
     @staticmethod
     def _done_steps(held_out: HeldOutSet) -> set[int]:
-        if not held_out.path.exists():
-            return set()
-        lines = held_out.path.read_text().splitlines()
-        return {json.loads(line)["step"] for line in lines if line.strip()}
+        return {entry["step"] for entry in _read_jsonl(held_out.path)}
 
     def _measure_all(self, model, tokenizer, step: int) -> dict[str, float]:
         """Each set not yet measured at `step` (a resumed run does not measure a step twice)."""
