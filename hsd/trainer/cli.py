@@ -184,9 +184,12 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
 
 
 def write_recipe(out: Path, script: TrainScript, config) -> Path:
-    """The resolved recipe of a run (script fields and every trainer field) as `out`/RECIPE_FILE."""
+    """The resolved recipe of a run as `out`/RECIPE_FILE: script fields, every trainer field with the value the
+    run uses, and `filled_by_preset`, the fields the method preset filled (the others are the user's or
+    defaults)."""
     path = out / RECIPE_FILE
-    path.write_text(json.dumps({"script": vars(script), "config": config.to_dict()}, indent=2, default=str))
+    recipe = {"script": vars(script), "config": config.to_dict(), "filled_by_preset": config.filled_by_preset}
+    path.write_text(json.dumps(recipe, indent=2, default=str))
     return path
 
 

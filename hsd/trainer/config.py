@@ -1,12 +1,13 @@
 """`HSDConfig`: TRL's `GRPOConfig` plus the knobs of Hindsight Self-Distillation and its baselines.
 
-A `method` preset fills every knob left unset; GRPO-family baselines are configured through TRL's own
-fields (`loss_type`, `importance_sampling_level`, `epsilon_high`, `scale_rewards`), so they are TRL's code.
+A `method` preset fills the fields a user left unset and never overrides a value the user set; GRPO-family
+baselines are configured through TRL's own fields (`loss_type`, `importance_sampling_level`, `epsilon_high`,
+`scale_rewards`), so they are TRL's code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from trl import GRPOConfig
 
@@ -43,7 +44,43 @@ TRL_PRESETS: dict[str, dict] = {
     ),
 }
 
+# the fields a preset fills: the method's terms (context, loss weights, rlsd) and the TRL fields above
+PRESET_FIELDS = (*asdict(METHOD_TERMS["hsd"]), *dict.fromkeys(k for p in TRL_PRESETS.values() for k in p))
+
+# HSDConfig's own fields by topic, as `hsd train --help` lists them (every own field is in one; tested). A
+# table, not a metadata key: HfArgumentParser passes each field's metadata to argparse, which takes no "group".
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "method": ("method", "context", "distill_weight", "pg_weight", "rlsd", "rlsd_lambda", "rlsd_eps"),
+    "teacher": (
+        "peer_rule", "fallback", "distill_successes", "success_threshold", "teacher_weights",
+        "teacher_ema_decay", "teacher_temperature", "teacher_answer_template", "teacher_peer_template",
+        "teacher_reference_template", "teacher_suffix_template", "max_peer_tokens", "answer_column",
+        "reference_column",
+    ),
+    "loss": ("divergence", "divergence_alpha", "divergence_topk", "divergence_clip", "distill_positions",
+             "tau_window"),
+    "performance": (
+        "divergence_chunk_size", "skip_undistilled_teacher", "teacher_prefix_cache", "teacher_inference_mode",
+        "analytic_distill_head", "distill_grad_cache_mb",
+    ),
+    "safety": ("max_uncomputed_reward_fraction", "max_nonfinite_steps"),
+}  # fmt: skip
+
 _DEFAULT_TEMPLATE = TeacherTemplate()
+
+
+def method_preset(method: str) -> dict:
+    """The values `method` gives the fields a user leaves unset (a subset of PRESET_FIELDS)."""
+    return {**asdict(METHOD_TERMS[method]), **TRL_PRESETS.get(method, {})}
+
+
+def _preset_trl_field(name: str):
+    """TRL's field `name` with the default None (unset): the method's preset, else TRL's default, fills it."""
+    trl = GRPOConfig.__dataclass_fields__[name]
+    help_text = (
+        f"{trl.metadata['help']} Unset (null): the method's preset, else TRL's default {trl.default!r}."
+    )
+    return field(default=None, metadata={"help": help_text})
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -55,9 +92,23 @@ def _check_choice(name: str, value, allowed) -> None:
 class HSDConfig(GRPOConfig):
     """Configuration for `HSDTrainer`. Every field of `trl.GRPOConfig` applies; these are added."""
 
+    # A user's value of a preset field always wins. The fields a preset fills default to None, "unset", and
+    # __post_init__ fills each None from the preset (for a TRL field without a preset value: TRL's default).
+    # A sentinel default rather than a record of the arguments passed to __init__: HfArgumentParser (TRL's
+    # own command line) passes every field, defaults included, so only the value can tell "unset"; and a
+    # user's value equal to TRL's default (loss_type="dapo" under method gspo) is still the user's.
+    loss_type: str | None = _preset_trl_field("loss_type")
+    scale_rewards: str | None = _preset_trl_field("scale_rewards")
+    importance_sampling_level: str | None = _preset_trl_field("importance_sampling_level")
+    epsilon: float | None = _preset_trl_field("epsilon")
+    epsilon_high: float | None = _preset_trl_field("epsilon_high")
+    mask_truncated_completions: bool | None = _preset_trl_field("mask_truncated_completions")
+
     method: str = field(
         default="hsd",
-        metadata={"help": f"Preset that fills the knobs below left unset: {', '.join(METHODS)}."},
+        metadata={
+            "help": f"Preset that fills the fields left unset, never a value you set: {', '.join(METHODS)}."
+        },
     )
     context: str | None = field(
         default=None,
@@ -207,12 +258,7 @@ class HSDConfig(GRPOConfig):
 
     def __post_init__(self):
         _check_choice("method", self.method, METHODS)
-        terms = METHOD_TERMS[self.method]
-        for name in ("context", "distill_weight", "pg_weight", "rlsd"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(terms, name))
-        for name, value in TRL_PRESETS.get(self.method, {}).items():
-            setattr(self, name, value)
+        self.filled_by_preset = self._fill_unset_fields()
         _check_choice("context", self.context, CONTEXT_MODES)
         _check_choice("peer_rule", self.peer_rule, PEER_RULES)
         _check_choice("divergence", self.divergence, DIVERGENCE_KINDS)
@@ -253,6 +299,20 @@ class HSDConfig(GRPOConfig):
             # transformers renamed gradient_checkpointing (TRL's default: on): pass the value under the new name
             self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
+
+    def _fill_unset_fields(self) -> dict:
+        """Each preset field left unset (None) takes the method's value, else TRL's default; returns the
+        values the preset filled (recipe.json records them)."""
+        preset, filled = method_preset(self.method), {}
+        for name in PRESET_FIELDS:
+            if getattr(self, name) is not None:
+                continue  # the user's value
+            if name in preset:
+                filled[name] = preset[name]
+                setattr(self, name, preset[name])
+            else:
+                setattr(self, name, GRPOConfig.__dataclass_fields__[name].default)
+        return filled
 
     @property
     def teacher_template(self) -> TeacherTemplate:
