@@ -12,7 +12,9 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -23,6 +25,7 @@ from hsd.trainer.validate import check_recipe, context_size, fit_prompts, prompt
 
 ACCEPTS_OVERRIDES = True  # hsd.cli passes unparsed --field value pairs as args.overrides
 RECIPE_FILE = "recipe.json"  # the resolved recipe each run writes into its output directory
+RECIPE_DEFAULTS = {"output_dir": "runs/hsd"}  # hsd train's defaults where the dataclass has another
 
 
 @dataclass
@@ -110,7 +113,7 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
         values = check_recipe(values, (TrainScript, HSDConfig))
     except UserError as exc:
         raise UserError(f"{where}{exc}") from None
-    values.setdefault("output_dir", "runs/hsd")
+    values = {**RECIPE_DEFAULTS, **values}
     parser = HfArgumentParser((TrainScript, HSDConfig))
     try:
         script, args = parser.parse_dict(values, allow_extra_keys=False)
@@ -204,9 +207,68 @@ def close_reward_workers(trainer) -> None:
     close_shared_pools()
 
 
+def help_sources() -> list[tuple[str, type]]:
+    """(title, dataclass) pairs whose fields `hsd train --help` lists, in this order. HSDConfig's own fields
+    are listed by topic (`HELP_GROUPS`) before its TRL fields; another dataclass is one more pair."""
+    from hsd.trainer.config import HSDConfig
+
+    return [("recipe: model and data", TrainScript), ("TRL (GRPOConfig, TrainingArguments)", HSDConfig)]
+
+
+def fields_help(
+    sources: list[tuple[str, type]], groups: dict[str, tuple[str, ...]], defaults: dict | None = None
+) -> str:
+    """Every field of `sources` once, as argparse lists options, with its type, help and default (`defaults`
+    replace the dataclass's): a field that `groups` (topic -> field names) names under its topic, the
+    source's other fields under its title. A listing only: the values themselves are parsed by
+    `parse_overrides` and checked by `check_recipe`."""
+    topic_of = {name: topic for topic, names in groups.items() for name in names}
+    listing = argparse.ArgumentParser(add_help=False, usage=argparse.SUPPRESS)
+    listed: set[str] = set()
+    for title, cls in sources:
+        hints = typing.get_type_hints(cls)
+        sections: dict[str, list] = {topic: [] for topic in groups} | {title: []}
+        for f in fields(cls):
+            if f.init and f.name not in listed:
+                listed.add(f.name)
+                sections[topic_of.get(f.name, title)].append(f)
+        for topic, members in sections.items():
+            section = listing.add_argument_group(topic) if members else None
+            for f in members:
+                help_text = _field_help(f, (defaults or {}).get(f.name, _default(f)))
+                section.add_argument(f"--{f.name}", metavar=_metavar(hints[f.name]), help=help_text)
+    return listing.format_help()
+
+
+def _metavar(annotation) -> str:
+    """`float | None` -> FLOAT, `dict | str` -> DICT|STR."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    names = [getattr(typing.get_origin(m) or m, "__name__", "VALUE") for m in members if m is not type(None)]
+    return "|".join(dict.fromkeys(names)).upper()
+
+
+def _default(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
+def _field_help(f, default) -> str:
+    text = " ".join(str(f.metadata.get("help", "")).split())
+    shown = "required" if default is MISSING else repr(default) if isinstance(default, str) else default
+    return f"{text} (default: {shown})".replace("%", "%%")  # argparse formats help with %
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from hsd.trainer.config import HELP_GROUPS
+
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
-    parser.epilog = "Any other --field value pair overrides that field of the recipe."
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the field listing is formatted already
+    parser.epilog = (
+        "Every field below can be set in the recipe (field: value) or on the command line (--field value,\n"
+        "which wins over the recipe).\n\n" + fields_help(help_sources(), HELP_GROUPS, RECIPE_DEFAULTS)
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pytest
 import yaml
+from trl import GRPOConfig
 
-from hsd.trainer.cli import load_recipe
+from hsd.cli import main as hsd_main
+from hsd.trainer.cli import TrainScript, fields_help, help_sources, load_recipe
+from hsd.trainer.config import HELP_GROUPS, HSDConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -66,6 +71,51 @@ def test_overrides_win_over_the_recipe():
 def test_unknown_field_is_named_with_a_suggestion():
     with pytest.raises(ValueError, match=r"'learnin_rate' \(did you mean 'learning_rate'\?\)"):
         load_recipe(CONFIGS / "quickstart.yaml", ["--learnin_rate", "1e-3"])
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """`--field` -> its help entry (whitespace collapsed) in an argparse help text."""
+    chunks = re.split(r"\n  (?=--\w)", text)
+    return {chunk.split()[0][2:]: " ".join(chunk.split()) for chunk in chunks[1:]}
+
+
+def test_train_help_lists_every_field_by_group_with_help_and_default(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        hsd_main(["train", "--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    titles = re.findall(r"^(\S[^\n]*):$", text, re.M)
+    assert titles == [
+        "options",
+        "recipe: model and data",
+        *HELP_GROUPS,
+        "TRL (GRPOConfig, TrainingArguments)",
+    ]
+    entries = _help_entries(text)
+    assert "(default: 'live')" in entries["teacher_weights"] and "ema" in entries["teacher_weights"]
+    assert entries["teacher_temperature"].startswith("--teacher_temperature FLOAT Teacher sharpened")
+    assert "(default: 1.0)" in entries["teacher_temperature"]
+    assert "learning rate" in entries["learning_rate"] and "(default: 1e-06)" in entries["learning_rate"]
+    assert "(default: 'runs/hsd')" in entries["output_dir"]  # hsd train's default, not TrainingArguments'
+    assert "(default: None)" in entries["epsilon_high"] and "preset" in entries["epsilon_high"]
+    every = [f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init]
+    assert sorted(entries) == sorted(["config", *every])  # each field once
+    assert len(re.findall(r"^  --", text, re.M)) == len(every) + 1
+
+
+def test_every_own_hsd_field_has_one_help_group():
+    own = [f.name for f in fields(HSDConfig) if f.name not in GRPOConfig.__dataclass_fields__]
+    grouped = [name for names in HELP_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(own)
+
+
+def test_one_more_dataclass_is_one_more_help_group():
+    @dataclass
+    class Adapter:
+        lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+
+    text = fields_help([*help_sources(), ("model/adapter", Adapter)], HELP_GROUPS)
+    assert " ".join(text.split()).endswith("model/adapter: --lora_r INT LoRA rank. (default: 16)")
 
 
 def test_missing_config_file_is_named(tmp_path):
