@@ -80,7 +80,9 @@ class HeldOutAccuracy(TrainerCallback):
         if (step % self.every == 0 or step == state.max_steps) and state.is_world_process_zero:
             accuracies = self._measure_all(model, processing_class, step)
             if accuracies and self.trainer is not None:
-                self.trainer.log(accuracies)
+                should_log = control.should_log  # a log call clears it: the step's own row would be skipped
+                self.trainer.log(accuracies)  # metrics.jsonl merges it into the step's row
+                control.should_log = should_log
 
 
 class LiveProgress(TrainerCallback):

@@ -112,6 +112,9 @@ def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, 
             assert [json.loads(line)["step"] for line in (run / "validation.jsonl").open()] == [0, 1, 2]
             logged = [json.loads(line) for line in (run / "metrics.jsonl").open()]
             assert sum("eval/validation_accuracy" in m and "eval/accuracy" in m for m in logged) == 2
+            # one row per step: the held-out accuracies joined to the step's own row (loss, reward, ...)
+            assert [m["step"] for m in logged] == [1, 2]
+            assert all("loss" in m and "reward" in m for m in logged)
 
 
 def test_methods_at_one_seed_share_the_data_order(tiny_model_dir, tmp_path):

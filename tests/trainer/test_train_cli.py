@@ -152,7 +152,8 @@ def test_hsd_train_runs_the_quickstart_recipe_and_writes_metrics(tiny_model_dir,
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if "reward" in m]
-    assert [m["step"] for m in steps] == [1, 2]
+    assert [m["step"] for m in steps] == [m["step"] for m in lines] == [1, 2]  # one row per step
+    assert json.loads((out / "summary.json").read_text())["train_runtime"] > 0  # the end-of-run row
     assert all("hsd/coverage" in m and "time/teacher" in m for m in steps)
     # the teacher diagnostics, in metrics.jsonl and in TensorBoard
     assert all(0 < m["hsd/teacher_p_token"] <= 1 and m["hsd/student_entropy"] >= 0 for m in steps)
