@@ -27,7 +27,11 @@ def test_configs_quickstart_yaml_is_the_packaged_recipe():
 
 
 def test_the_quick_start_trains_grpo_hsd_and_the_recipe_of_the_sharpened_teacher():
-    assert [(arm.label, arm.method) for arm in ARMS] == [("grpo", "grpo"), ("hsd", "hsd"), ("hsd-sharp", "hsd")]
+    assert [(arm.label, arm.method) for arm in ARMS] == [
+        ("grpo", "grpo"),
+        ("hsd", "hsd"),
+        ("hsd-sharp", "hsd"),
+    ]
     sharp = yaml.safe_load((ROOT / "configs" / "quickstart-sharp-teacher.yaml").read_text())
     base = quickstart_recipe()
     changed = {k: sharp[k] for k in sharp if base.get(k) != sharp[k] and k != "output_dir"}
