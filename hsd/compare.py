@@ -1,6 +1,7 @@
 """`hsd compare`: several methods x seeds on one recipe, same model, data, seeds and step budget.
 
-Runs go one after another into OUT/METHOD/seed-S/ (resumable: finished runs are skipped, interrupted
+Each compared setting is an `Arm`: a method preset plus the recipe fields it changes (a bare method name is
+the arm of that preset, unchanged). Runs go one after another into OUT/LABEL/seed-S/ (resumable: finished runs are skipped, interrupted
 ones resume from their last checkpoint); then `comparison.md` and `learning_curves.png` are written.
 """
 
@@ -21,6 +22,20 @@ from hsd.stats import curve_auc, mean_std, paired_difference
 
 ACCEPTS_OVERRIDES = True  # extra --field value pairs override the recipe for every run
 PHASES = ("rollout", "scoring", "teacher", "update")  # the timed phases of a training step (time/NAME)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One compared setting: the method preset `method` with the recipe fields `changes` (field, value)
+    pairs, named `label` in its run directory, its progress lines and every table."""
+
+    label: str
+    method: str
+    changes: tuple = ()
+
+
+def as_arm(arm: str | Arm) -> Arm:
+    return arm if isinstance(arm, Arm) else Arm(arm, arm)
 
 
 # ---------------------------------------------------------------------------------------------- callbacks
@@ -114,7 +129,7 @@ class LiveProgress(TrainerCallback):
 # ------------------------------------------------------------------------------------------------- runs
 def run_method(
     recipe: dict,
-    method: str,
+    arm: str | Arm,
     seed: int,
     out: Path,
     *,
@@ -125,8 +140,9 @@ def run_method(
     validation_problems=None,
     console=None,
 ) -> dict:
-    """Train one (method, seed) run of `recipe` into `out`; return its summary (cached in done.json).
+    """Train one (arm, seed) run of `recipe` into `out`; return its summary (cached in done.json).
     Held-out accuracy goes to eval.jsonl, validation accuracy (when given) to validation.jsonl."""
+    arm = as_arm(arm)
     from hsd.models import weight_file_bars_off
     from hsd.trainer.cli import build_trainer, load_recipe, write_recipe
 
@@ -134,10 +150,11 @@ def run_method(
     if done.exists():
         return json.loads(done.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    values = {**recipe, "method": method, "seed": seed, "output_dir": str(out), "disable_tqdm": True}
+    values = {**recipe, **dict(arm.changes), "method": arm.method, "seed": seed, "output_dir": str(out)}
+    values["disable_tqdm"] = True
     script, args = load_recipe(None, values)
     write_recipe(out, script, args)
-    callbacks = [LiveProgress(f"{method} seed {seed}", console)]
+    callbacks = [LiveProgress(f"{arm.label} seed {seed}", console)]
     sets = [
         HeldOutSet(problems, out / name, metric)
         for problems, name, metric in (
@@ -161,7 +178,7 @@ def run_method(
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out / "final"))  # safetensors
     summary = summarize_run(out)
-    summary.update(method=method, seed=seed, train_seconds=time.time() - start)
+    summary.update(method=arm.label, seed=seed, train_seconds=time.time() - start)
     done.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -385,7 +402,7 @@ def plot_curves(results: list[dict], path: Path) -> None:
 
 def compare(
     recipe: dict,
-    methods: list[str],
+    methods: list[str | Arm],
     seeds: list[int],
     out: Path,
     *,
@@ -398,16 +415,16 @@ def compare(
     baseline: str | None = None,
     validation_problems=None,
 ) -> list[dict]:
-    """Every (method, seed) run of `recipe` (sequential, resumable), then the comparison files."""
+    """Every (arm, seed) run of `recipe` (sequential, resumable), then the comparison files."""
     results = []
     for seed in seeds:
-        for method in methods:
+        for arm in map(as_arm, methods):
             results.append(
                 run_method(
                     recipe,
-                    method,
+                    arm,
                     seed,
-                    out / method / f"seed-{seed}",
+                    out / arm.label / f"seed-{seed}",
                     eval_problems=eval_problems,
                     eval_every=eval_every,
                     eval_k=eval_k,

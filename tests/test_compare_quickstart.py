@@ -13,8 +13,8 @@ import pytest
 import yaml
 from cli_output import WARNINGS_ENV, noise
 
-from hsd.compare import compare
-from hsd.quickstart import RECIPE_FILE, quickstart_recipe
+from hsd.compare import Arm, compare
+from hsd.quickstart import ARMS, RECIPE_FILE, SHARP_TEACHER, quickstart_recipe
 from hsd.tasks.datasets import load_problems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +24,40 @@ def test_configs_quickstart_yaml_is_the_packaged_recipe():
     assert (ROOT / "configs" / "quickstart.yaml").resolve() == Path(str(RECIPE_FILE)).resolve()
     assert quickstart_recipe()["model"] == "testbed"
     assert yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text()) == quickstart_recipe()
+
+
+def test_the_quick_start_trains_grpo_hsd_and_the_recipe_of_the_sharpened_teacher():
+    assert [(arm.label, arm.method) for arm in ARMS] == [
+        ("grpo", "grpo"),
+        ("hsd", "hsd"),
+        ("hsd-sharp", "hsd"),
+    ]
+    sharp = yaml.safe_load((ROOT / "configs" / "quickstart-sharp-teacher.yaml").read_text())
+    base = quickstart_recipe()
+    changed = {k: sharp[k] for k in sharp if base.get(k) != sharp[k] and k != "output_dir"}
+    assert dict(SHARP_TEACHER.changes) == changed == {"teacher_temperature": 0.5}
+
+
+def test_an_arm_trains_its_method_with_its_changes_under_its_label(tiny_model_dir, tmp_path):
+    recipe = {
+        "model": str(tiny_model_dir),
+        "dataset": "testbed:chain?variant=single&n=8&split=train",
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 16,
+        "use_cpu": True,
+        "bf16": False,
+        "save_strategy": "no",
+        "report_to": [],
+        "reward_workers": 1,
+    }
+    arm = Arm("hsd-cold", "hsd", (("teacher_temperature", 2.0),))
+    [result] = compare(recipe, [arm], [0], tmp_path)
+    used = json.loads((tmp_path / "hsd-cold" / "seed-0" / "recipe.json").read_text())["config"]
+    assert (used["method"], used["teacher_temperature"]) == ("hsd", 2.0)
+    assert result["method"] == "hsd-cold"
+    assert "| hsd-cold |" in (tmp_path / "comparison.md").read_text()
 
 
 @pytest.mark.slow
