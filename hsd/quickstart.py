@@ -39,7 +39,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=quickstart_recipe()["max_steps"], help="training steps per setting"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed shared by every compared setting")
-    parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=10, help="held-out evaluation every N steps (the study's protocol)"
+    )
     parser.add_argument("--eval-k", type=int, default=4, help="samples per held-out problem")
     parser.add_argument(
         "--analysis-problems", type=int, default=128, help="problems sampled for the credit report"
