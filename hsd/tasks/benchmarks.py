@@ -44,7 +44,7 @@ BENCHMARKS = {
                         {"problem": "problem", "answer": "answer"}),
     "aime25": Benchmark("math/aime25.jsonl", "aime25", "math-ai/aime25", None, "test",
                         {"problem": "problem", "answer": "answer"}),
-    "humaneval": Benchmark("code/humaneval.jsonl", "HumanEval", "openai/openai_humaneval", None, "test",
+    "humaneval": Benchmark("code/humaneval.jsonl", "HumanEval", "openai/openai_humaneval", "openai_humaneval", "test",
                            {k: k for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}),
     # evalplus/mbppplus keeps its tests as Python source; mbpp_row rebuilds the mirror's columns from it
     "mbppplus": Benchmark("code/mbppplus.jsonl", "Mbpp", "evalplus/mbppplus", None, "test"),
