@@ -13,12 +13,11 @@ import pytest
 from hsd.tasks.math import extract_answer, gsm8k_gold, verify_math, warm_workers
 from hsd.tasks.rewards import make_reward_func
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SLOW_ANSWER = "\\boxed{9^{9^{9^{9}}}}"  # sympy tries to evaluate a number with ~10^8 digits
 
 
-def _rows(name: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+def _rows(folder: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]
 
 
 def test_extract_answer_takes_the_last_balanced_boxed():
@@ -47,8 +46,8 @@ def test_gsm8k_gold_is_the_number_after_the_marks_without_separators():
         gsm8k_gold("no marker here")
 
 
-def test_all_gsm8k_test_golds_verify_against_themselves_and_a_wrong_number_fails():
-    rows = _rows("gsm8k/test.jsonl")
+def test_all_gsm8k_test_golds_verify_against_themselves_and_a_wrong_number_fails(full_data):
+    rows = _rows(full_data, "gsm8k/test.jsonl")
     assert len(rows) == 1319
     golds = [gsm8k_gold(row["answer"]) for row in rows]
     boxed = [f"{row['answer'].split('####')[0]}The answer is \\boxed{{{g}}}." for row, g in zip(rows, golds)]
@@ -65,8 +64,8 @@ def test_all_gsm8k_test_golds_verify_against_themselves_and_a_wrong_number_fails
     assert reward_func.counts == {"correct": 2 * n, "wrong": n}
 
 
-def test_math500_golds_verify_as_boxed_through_math_verify():
-    rows = _rows("math/math500.jsonl")
+def test_math500_golds_verify_as_boxed_through_math_verify(full_data):
+    rows = _rows(full_data, "math/math500.jsonl")
     reward_func = make_reward_func(num_workers=2, math_shortcut=False)
     completions = [f"Therefore the answer is $\\boxed{{{row['answer']}}}$." for row in rows]
     rewards = reward_func([""] * len(rows), completions, answer=[r["answer"] for r in rows])
