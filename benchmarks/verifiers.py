@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         "--math500", type=int, default=0, help="MATH-500 golds to verify as \\boxed{gold} (0: skip)"
     )
     parser.add_argument("--workers", type=int, default=2, help="parallel verifier workers")
-    parser.add_argument("--data-dir", default=None, help="local copies of the benchmarks (default: $HSD_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", default=None, help="local copies of the benchmarks (default: $HSD_DATA_DIR)"
+    )
     args = parser.parse_args(argv)
     data = args.data_dir
     result: dict = {"workers": args.workers, "cpus": os.cpu_count()}

@@ -188,7 +188,11 @@ def problems_and_model(args: argparse.Namespace, limit: int | None) -> tuple[lis
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(
-        args.dataset, split=args.split, limit=limit, instruction=args.instruction, seed=args.seed,
+        args.dataset,
+        split=args.split,
+        limit=limit,
+        instruction=args.instruction,
+        seed=args.seed,
         data_dir=args.data_dir,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,9 @@ def full_data() -> Path:
     naming the variable, without them."""
     folder = os.environ.get("HSD_DATA_DIR")
     if not folder or not (Path(folder) / "gsm8k" / "test.jsonl").is_file():
-        pytest.skip("needs the complete benchmark files: set HSD_DATA_DIR to a folder holding gsm8k/, math/, code/")
+        pytest.skip(
+            "needs the complete benchmark files: set HSD_DATA_DIR to a folder holding gsm8k/, math/, code/"
+        )
     return Path(folder)
 
 

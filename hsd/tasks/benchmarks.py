@@ -96,7 +96,9 @@ def _load_hub(name: str, folder: Path | None):
         except (ConnectionError, FileNotFoundError) as exc:  # offline without a cached copy; no such dataset
             reason = str(exc)
     where = (
-        f"{folder} has no {bench.file}" if folder else f"${DATA_DIR_VARIABLE} is unset and no --data-dir was given"
+        f"{folder} has no {bench.file}"
+        if folder
+        else f"${DATA_DIR_VARIABLE} is unset and no --data-dir was given"
     )
     raise MissingInputError(
         f"{name!r}: no local copy ({where}) and the hub dataset {bench.hub!r} could not be loaded "

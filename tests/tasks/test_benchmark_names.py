@@ -143,7 +143,9 @@ def test_a_hub_row_that_cannot_be_mapped_is_reported_by_row(fake_hub, hub_copies
     broken = hub_copies[HUB["mbppplus"]].parent / "broken-mbpp"
     datasets.Dataset.from_list(rows).save_to_disk(str(broken))
     monkeypatch.setitem(hub_copies, HUB["mbppplus"], broken)
-    with pytest.raises(UserError, match=r"^hf:evalplus/mbppplus::test: row 2: field 'test': expected `inputs"):
+    with pytest.raises(
+        UserError, match=r"^hf:evalplus/mbppplus::test: row 2: field 'test': expected `inputs"
+    ):
         load_problems("mbppplus")
 
 

@@ -50,7 +50,9 @@ def test_mbppplus_canonical_solutions_pass(full_data):
 
 
 def test_fixture_reference_solutions_pass_in_both_forms():
-    problems = load_problems("humaneval", data_dir=FIXTURE_DATA) + load_problems("mbppplus", data_dir=FIXTURE_DATA)
+    problems = load_problems("humaneval", data_dir=FIXTURE_DATA) + load_problems(
+        "mbppplus", data_dir=FIXTURE_DATA
+    )
     rewards, verdicts = _verify_all(problems)
     assert [(p.id, v.reason) for p, v in zip(problems, verdicts)] == [(p.id, "correct") for p in problems]
     assert rewards == [1.0] * len(problems)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,25 +112,19 @@ def test_bad_gold_or_timeout_raise_value_error():
 
 def test_slow_check_times_out_from_a_thread_and_the_next_check_works():
     warm_workers(1)
-    with ThreadPoolExecutor(1) as executor:
-        started = time.monotonic()
-        verdict = executor.submit(verify_math, SLOW_ANSWER, "5", timeout=1.0).result()
-        elapsed = time.monotonic() - started
+    with ThreadPoolExecutor(1) as executor:  # how soon the 1 s limit stops it: benchmarks/limits.py
+        verdict = executor.submit(verify_math, SLOW_ANSWER, "5", timeout=1.0).result(timeout=120)
     assert (verdict.reward, verdict.reason) == (0.0, "timeout")
-    assert elapsed < 2.0
     assert verify_math("\\boxed{\\frac{1}{2}}", "0.5", shortcut=False).reason == "correct"
 
 
-def _verify_in_pool_worker(completion: str) -> tuple[float, str, float]:
-    started = time.monotonic()
+def _verify_in_pool_worker(completion: str) -> tuple[float, str]:
     verdict = verify_math(completion, "5", timeout=1.0)
-    return verdict.reward, verdict.reason, time.monotonic() - started
+    return verdict.reward, verdict.reason
 
 
 def test_limit_holds_inside_a_daemonic_worker_process():
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pool.apply(_verify_in_pool_worker, ("\\boxed{5}",))  # start-up done
-        reward, reason, elapsed = pool.apply(_verify_in_pool_worker, (SLOW_ANSWER,))
-        assert (reward, reason) == (0.0, "timeout")
-        assert elapsed < 2.0 + 5.0  # 1 s limit; a cold worker may take a few seconds to import math-verify
-        assert pool.apply(_verify_in_pool_worker, ("\\boxed{5}",))[:2] == (1.0, "correct")
+        assert pool.apply_async(_verify_in_pool_worker, (SLOW_ANSWER,)).get(timeout=120) == (0.0, "timeout")
+        assert pool.apply(_verify_in_pool_worker, ("\\boxed{5}",)) == (1.0, "correct")
