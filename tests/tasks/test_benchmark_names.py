@@ -198,3 +198,26 @@ def test_the_hub_probe_reports_a_refused_connection_at_once(monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     reason = benchmarks._unreachable("openai/gsm8k")
     assert reason is not None and "Connect" in reason
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--dataset", "humaneval", "--model", "testbed"],
+        ["analyze", "--dataset", "humaneval", "--model", "testbed"],
+        ["compare", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--eval-dataset", "humaneval"],
+    ],
+    ids=["eval", "analyze", "compare"],
+)
+def test_the_data_dir_option_is_where_the_commands_look(monkeypatch, tmp_path, capsys, argv):
+    import datasets
+
+    from hsd.cli import main
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(benchmarks, "_unreachable", lambda hub_id: None)
+    assert main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path} has no code/humaneval.jsonl" in capsys.readouterr().err
