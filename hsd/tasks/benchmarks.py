@@ -1,6 +1,6 @@
-"""The benchmarks hsd knows by short name: a local mirror when a data folder holds one, else the public hub
-dataset through `datasets` (and the hub's cache), its columns mapped to the mirror's, so that a name gives
-the same problems, ids and prompts from either source.
+"""The benchmarks hsd knows by short name: a local copy (a mirror) when a data folder holds one, else the
+public hub dataset through `datasets` (and the hub's cache), its columns mapped to the mirror's, so that a
+name gives the same problems, ids and prompts from either source.
 
 A mirror folder holds the files named in `BENCHMARKS` (gsm8k/test.jsonl, math/math500.jsonl, ...): plain
 JSONL with the columns listed there. Without one, `hub_rows` reads the hub dataset; offline it fails at once
@@ -64,7 +64,8 @@ def mirror_file(name: str, folder: Path | None) -> Path | None:
 
 
 def hub_source(name: str) -> str:
-    """`hf:ID[:CONFIG]:SPLIT`, as load_problems spells a hub dataset (and error messages name it)."""
+    """`hf:ID:CONFIG:SPLIT` (CONFIG empty when there is none), as load_problems spells a hub dataset; bad-row
+    messages name it."""
     bench = BENCHMARKS[name]
     return f"hf:{bench.hub}:{bench.config or ''}:{bench.split}"
 
