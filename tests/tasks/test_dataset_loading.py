@@ -37,7 +37,7 @@ def test_short_names_load_the_real_data(full_data):
 def test_short_names_read_a_data_folder_and_data_dir_wins_over_the_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("HSD_DATA_DIR", str(tmp_path))  # empty: data_dir= must win
     gsm8k = load_problems("gsm8k", data_dir=FIXTURE_DATA)
-    assert [p.id for p in gsm8k] == ["gsm8k-test-0", "gsm8k-test-1", "gsm8k-test-2", "gsm8k-test-3"]
+    assert [p.id for p in gsm8k] == [f"gsm8k-test-{i}" for i in range(5)]
     assert gsm8k[0].answer == "63" and gsm8k[0].reference.endswith("63 rolls.")
     assert gsm8k[0].origin == f"{FIXTURE_DATA / 'gsm8k' / 'test.jsonl'}: row 1"
     monkeypatch.setenv("HSD_DATA_DIR", str(FIXTURE_DATA))
