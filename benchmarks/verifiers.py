@@ -1,5 +1,6 @@
 """Verifier throughput on the real data, verified in parallel through the reward function; one JSON line out.
 Run from the repository root: python benchmarks/verifiers.py [--gsm8k 1000] [--humaneval 164] [--workers 2]
+The benchmarks come by name: from --data-dir (default $HSD_DATA_DIR) when it holds them, else from the hub.
 """
 
 from __future__ import annotations
@@ -9,18 +10,17 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.tasks.code import isolation
-from hsd.tasks.datasets import data_dir, load_problems
+from hsd.tasks.datasets import load_problems
 from hsd.tasks.math import warm_workers
 from hsd.tasks.rewards import make_reward_func
 
 
-def gsm8k_batch(count: int, data: Path) -> tuple[list[str], list[str], list[float]]:
+def gsm8k_batch(count: int, data: str | None) -> tuple[list[str], list[str], list[float]]:
     """Completions for the first `count` GSM8K test problems: worked solution + boxed answer, every other wrong."""
-    problems = load_problems(str(data / "gsm8k" / "test.jsonl"), limit=count)
+    problems = load_problems("gsm8k", limit=count, data_dir=data)
     completions, golds, expected = [], [], []
     for index, problem in enumerate(problems):
         right = index % 2 == 0
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="parallel verifier workers")
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="default: $HSD_DATA_DIR or ../shared/data"
+        "--data-dir", default=None, help="local copies of the benchmarks (default: $HSD_DATA_DIR)"
     )
     args = parser.parse_args(argv)
-    data = args.data_dir or data_dir()
+    data = args.data_dir
     result: dict = {"workers": args.workers, "cpus": os.cpu_count()}
     warm_workers(args.workers)  # worker start-up (imports) is not part of the throughput
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             result[f"{label}_answers_per_s"] = round(len(completions) / seconds, 1)
             result[f"{label}_agree"] = sum(r == e for r, e in zip(rewards, expected)) / len(expected)
     if args.math500:
-        problems = load_problems(str(data / "math" / "math500.jsonl"), limit=args.math500)
+        problems = load_problems("math500", limit=args.math500, data_dir=data)
         completions = [f"So the answer is $\\boxed{{{p.answer}}}$." for p in problems]
         rewards, seconds = score(args.workers, completions, [p.answer for p in problems], math_shortcut=False)
         result["math500_answers"] = len(problems)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, count in (("humaneval", args.humaneval), ("mbppplus", args.mbppplus)):
         if not count:
             continue
-        problems = load_problems(str(data / "code" / f"{name}.jsonl"), limit=count)
+        problems = load_problems(name, limit=count, data_dir=data)
         rewards, seconds = score(args.workers, solved(problems), problems)
         result[f"{name}_solutions"] = len(problems)
         result[f"{name}_solutions_per_s"] = round(len(problems) / seconds, 2)

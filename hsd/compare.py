@@ -452,6 +452,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--validation-dataset", default=None, help="second held-out set (choose settings on it; default none)"
     )
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding local copies of the named benchmarks (default: $HSD_DATA_DIR), "
+                             "for the held-out sets and every run's recipe")  # fmt: skip
     parser.epilog = "Any other --field value pair overrides that field of the recipe for every run."
 
 
@@ -465,6 +468,9 @@ def main(args: argparse.Namespace) -> int:
 
     recipe = read_recipe(args.config)
     recipe.update(parse_overrides(list(getattr(args, "overrides", []) or [])))
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        recipe["data_dir"] = data_dir
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -476,9 +482,9 @@ def main(args: argparse.Namespace) -> int:
 
     eval_problems = validation_problems = None
     if args.eval_dataset:
-        eval_problems = load_problems(args.eval_dataset, limit=args.eval_limit)
+        eval_problems = load_problems(args.eval_dataset, limit=args.eval_limit, data_dir=data_dir)
     if getattr(args, "validation_dataset", None):
-        validation_problems = load_problems(args.validation_dataset, limit=args.eval_limit)
+        validation_problems = load_problems(args.validation_dataset, limit=args.eval_limit, data_dir=data_dir)
     out = Path(args.out)
     seeds = (
         [int(x) for x in args.seeds.split(",") if x] if "," in args.seeds else list(range(int(args.seeds)))

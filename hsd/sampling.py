@@ -188,7 +188,12 @@ def problems_and_model(args: argparse.Namespace, limit: int | None) -> tuple[lis
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(
-        args.dataset, split=args.split, limit=limit, instruction=args.instruction, seed=args.seed
+        args.dataset,
+        split=args.split,
+        limit=limit,
+        instruction=args.instruction,
+        seed=args.seed,
+        data_dir=args.data_dir,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     threads = set_cpu_threads(args.threads)
@@ -201,6 +206,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the commands that sample and verify (`hsd eval`, `hsd analyze`): the problems'
     split and instruction, the verifier, where the model runs, the progress bar."""
     parser.add_argument("--split", default=None, help="split of a dataset directory or hub dataset")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding local copies of the named benchmarks (gsm8k/test.jsonl, ...; "
+                             "default: $HSD_DATA_DIR); a name it lacks comes from the hub")  # fmt: skip
     parser.add_argument("--instruction", default=None, help="appended to each prompt (default: the task's)")
     parser.add_argument("--verifier", choices=sorted(VERIFIERS), default="task",
                         help="task: the task's own verifier (default); last-number: math-verify on the last "

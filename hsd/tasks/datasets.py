@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from hsd.errors import MissingInputError, UserError
+from hsd.tasks.benchmarks import BENCHMARKS, check_split, hub_rows, hub_source, mirror_file, mirror_folder
 from hsd.tasks.math import gsm8k_gold, gsm8k_reference, last_boxed
 from hsd.tasks.problem import KINDS, Problem
 
@@ -22,22 +23,8 @@ CODE_INSTRUCTION = "Write the complete Python function `{entry_point}` in a sing
 PROMPT_FIELDS = ("question", "problem", "prompt")
 ANSWER_FIELDS = ("answer", "solution", "reference")
 ID_FIELDS = ("id", "task_id", "problem_id", "unique_id", "idx")
-SHORT_NAMES = {  # name -> (file under the data dir, id prefix)
-    "gsm8k": ("gsm8k/test.jsonl", "gsm8k-test"),
-    "gsm8k-train": ("gsm8k/train.jsonl", "gsm8k-train"),
-    "math500": ("math/math500.jsonl", "math500"),
-    "aime24": ("math/aime24.jsonl", "aime24"),
-    "aime25": ("math/aime25.jsonl", "aime25"),
-    "humaneval": ("code/humaneval.jsonl", "HumanEval"),
-    "mbppplus": ("code/mbppplus.jsonl", "Mbpp"),
-}
 _CODE_TEST_FIELDS = ("test", "inputs", "base_input", "plus_input")
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-def data_dir() -> Path:
-    """Where short names resolve: $HSD_DATA_DIR, else ../shared/data relative to the current directory."""
-    return Path(os.environ.get("HSD_DATA_DIR") or Path.cwd() / ".." / "shared" / "data")
 
 
 def _typed(value: str) -> Any:
@@ -68,13 +55,15 @@ def load_problems(
     field_map: Mapping[str, str] | None = None,
     seed: int = 0,
     kind: str | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> list[Problem]:
     """Problems from `spec`, one of:
 
     a path to .jsonl/.json/.parquet/.csv; a directory saved by `datasets` (`save_to_disk`); `hf:NAME[:CONFIG]
     [:SPLIT]` (the hub); `rg:NAME?size=100&seed=1&key=value` (reasoning-gym; other keys are its config);
     `testbed:chain?variant=multi&steps=4` (the testbed chain task); or a short name (gsm8k, gsm8k-train,
-    math500, aime24, aime25, humaneval, mbppplus) under data_dir().
+    math500, aime24, aime25, humaneval, mbppplus; hsd.tasks.benchmarks): its file under `data_dir` (default
+    $HSD_DATA_DIR) when there, else its public hub dataset (through the hub's cache).
 
     field_map: our field -> the data's column, for prompt, answer, reference, id (defaults: question/problem/
     prompt, answer/solution/reference). instruction: appended to each prompt; None = the default for the kind
@@ -91,7 +80,7 @@ def load_problems(
     elif spec.startswith("testbed:"):
         problems = _testbed_problems(spec, split=split, limit=limit, seed=seed)
     else:
-        rows, source, prefix = _spec_rows(spec, split)
+        rows, source, prefix = _spec_rows(spec, split, data_dir)
         return rows_to_problems(rows, source, prefix=prefix, limit=limit, instruction=instruction,
                                 field_map=field_map, kind=kind)  # fmt: skip
     return problems[:limit] if limit is not None else problems
@@ -119,21 +108,20 @@ def _testbed_problems(spec: str, *, split: str | None, limit: int | None, seed: 
     return load_chain_problems(**{**defaults, **options})
 
 
-def _spec_rows(spec: str, split: str | None) -> tuple[list[Row], str, str]:
+def _spec_rows(spec: str, split: str | None, folder: str | os.PathLike | None) -> tuple[list[Row], str, str]:
     """The rows of a hub dataset (`hf:`), a file, a `datasets` directory or a short name, where they came
     from, and the prefix of their problem ids."""
     if spec.startswith("hf:"):
         return _hub_rows(spec, split), spec, spec
-    path, prefix = Path(spec), None
-    if spec in SHORT_NAMES and not path.exists():
-        relative, prefix = SHORT_NAMES[spec]
-        path = data_dir() / relative
-        if not path.is_file():
-            raise MissingInputError(
-                f"{spec!r} resolves to {path}, which does not exist; set HSD_DATA_DIR (now "
-                f"{os.environ.get('HSD_DATA_DIR') or 'unset'}) or run from a directory with ../shared/data"
-            )
-    return _file_rows(path, split), str(path), prefix or path.stem or spec
+    path = Path(spec)
+    if spec in BENCHMARKS and not path.exists():
+        check_split(spec, split)
+        folder = mirror_folder(folder)
+        local = mirror_file(spec, folder)
+        if local is not None:
+            return _file_rows(local, None), str(local), BENCHMARKS[spec].prefix
+        return hub_rows(spec, folder), hub_source(spec), BENCHMARKS[spec].prefix
+    return _file_rows(path, split), str(path), path.stem or spec
 
 
 # ---------------------------------------------------------------- reading rows: (row number, row or error)

@@ -40,6 +40,11 @@ class TrainScript:
         default=None, metadata={"help": "Split of a hub / datasets-directory dataset."}
     )
     dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N problems."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder holding local copies of the named benchmarks (default: $HSD_DATA_DIR); a "
+                  "name it lacks comes from the hub."},
+    )  # fmt: skip
     instruction: str | None = field(default=None, metadata={"help": "Instruction appended to every prompt."})
     reward_workers: int = field(default=2, metadata={"help": "Verifier worker processes."})
     math_timeout: float = field(default=5.0, metadata={"help": "Seconds per math answer check."})
@@ -150,7 +155,7 @@ def checked_problems(script: TrainScript, args) -> tuple[list, object]:
     from hsd.tasks.datasets import load_problems
 
     problems = load_problems(script.dataset, split=script.dataset_split, limit=script.dataset_limit,
-                             instruction=script.instruction, seed=args.seed)  # fmt: skip
+                             instruction=script.instruction, seed=args.seed, data_dir=script.data_dir)  # fmt: skip
     budget = prompt_budget(context_size(script.model), script.max_prompt_length, args.max_completion_length)
     tokenizer = load_tokenizer(script.model)
     problems, notes = fit_prompts(problems, tokenizer, budget, script.long_prompts)

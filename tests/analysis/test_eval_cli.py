@@ -1,5 +1,5 @@
-"""`hsd eval` on a tiny model and 5 GSM8K problems: valid outputs, pass@k against brute force, and a resumed
-run that recomputes nothing already written."""
+"""`hsd eval` on a tiny model and 5 GSM8K-style problems (tests/fixtures): valid outputs, pass@k against
+brute force, and a resumed run that recomputes nothing already written."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 
 from hsd.eval import evaluate, k_values, pass_at_k
 from hsd.tasks.datasets import load_problems
+from tests.conftest import FIXTURE_DATA
 
-GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TEST = FIXTURE_DATA / "gsm8k" / "test.jsonl"
 SETTINGS = dict(k=2, max_new_tokens=12, batch_size=8, progress=False)
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hsd.tasks.code import extract_code, mbpp_arguments, run_tests
 from hsd.tasks.datasets import load_problems
 from hsd.tasks.rewards import make_reward_func
+from tests.conftest import FIXTURE_DATA
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ADD_ONE = {
     "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(5) == 6\n",
     "entry_point": "f",
@@ -29,8 +28,8 @@ def _verify_all(problems) -> tuple[list, list]:
     return rewards, reward_func.last_verdicts
 
 
-def test_all_humaneval_canonical_solutions_pass():
-    problems = load_problems(str(DATA / "code" / "humaneval.jsonl"))
+def test_all_humaneval_canonical_solutions_pass(full_data):
+    problems = load_problems("humaneval", data_dir=full_data)
     assert len(problems) == 164
     rewards, verdicts = _verify_all(problems)
     failed = [(p.id, v.reason, v.feedback) for p, v in zip(problems, verdicts) if v.reason != "correct"]
@@ -40,8 +39,8 @@ def test_all_humaneval_canonical_solutions_pass():
 
 
 @pytest.mark.slow
-def test_mbppplus_canonical_solutions_pass():
-    problems = load_problems(str(DATA / "code" / "mbppplus.jsonl"))
+def test_mbppplus_canonical_solutions_pass(full_data):
+    problems = load_problems("mbppplus", data_dir=full_data)
     assert len(problems) == 378
     rewards, verdicts = _verify_all(problems)
     passed = sum(r == 1.0 for r in rewards)
@@ -50,18 +49,27 @@ def test_mbppplus_canonical_solutions_pass():
     ]
 
 
+def test_fixture_reference_solutions_pass_in_both_forms():
+    problems = load_problems("humaneval", data_dir=FIXTURE_DATA) + load_problems(
+        "mbppplus", data_dir=FIXTURE_DATA
+    )
+    rewards, verdicts = _verify_all(problems)
+    assert [(p.id, v.reason) for p, v in zip(problems, verdicts)] == [(p.id, "correct") for p in problems]
+    assert rewards == [1.0] * len(problems)
+
+
 def test_off_by_one_humaneval_solution_fails_with_feedback_naming_the_test():
-    problem = next(p for p in load_problems(str(DATA / "code" / "humaneval.jsonl")) if p.id == "HumanEval/23")
-    code = problem.answer.replace("return len(string)", "return len(string) + 1")
+    problem = next(p for p in load_problems("humaneval", data_dir=FIXTURE_DATA) if p.id == "HsdEval/1")
+    code = problem.answer.replace("return sum(", "return 1 + sum(")
     verdict = run_tests(code, problem.meta["tests"])
     assert (verdict.reward, verdict.reason) == (0.0, "wrong")
     assert "assert candidate('') == 0" in verdict.feedback
-    assert "strlen('') returned 1" in verdict.feedback
+    assert "count_vowels('') returned 1" in verdict.feedback
     assert verdict.extra["pass_fraction"] == 0.0 and verdict.extra["all_pass"] is False
 
 
 def test_off_by_one_mbpp_solution_fails_with_feedback_naming_the_call():
-    problem = next(p for p in load_problems(str(DATA / "code" / "mbppplus.jsonl")) if p.id == "Mbpp/17")
+    problem = next(p for p in load_problems("mbppplus", data_dir=FIXTURE_DATA) if p.id == "Mbpp/9001")
     tests = problem.meta["tests"]
     code = problem.answer + f"\n_reference = {tests['entry_point']}\n"
     code += f"def {tests['entry_point']}(*args):\n    return _reference(*args) + 1\n"

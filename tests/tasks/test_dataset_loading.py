@@ -8,20 +8,15 @@ from pathlib import Path
 import pytest
 
 from hsd.tasks.datasets import MATH_INSTRUCTION, load_problems, to_hf_dataset
+from tests.conftest import FIXTURE_DATA
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ROWS = [
     {"question": "What is 2 + 3?", "answer": "Add them: 2 + 3 = 5\n#### 5"},
     {"question": "What is 10 * 10?", "answer": "#### 100"},
 ]
 
 
-@pytest.fixture
-def data_dir(monkeypatch):
-    monkeypatch.setenv("HSD_DATA_DIR", str(DATA))
-
-
-def test_short_names_load_the_real_data(data_dir):
+def test_short_names_load_the_real_data(full_data):
     gsm8k = load_problems("gsm8k")
     assert len(gsm8k) == 1319 and gsm8k[17].id == "gsm8k-test-17"
     assert gsm8k[0].answer == "18" and gsm8k[0].reference.endswith("farmer’s market.")
@@ -39,11 +34,21 @@ def test_short_names_load_the_real_data(data_dir):
     assert len(mbpp[0].meta["tests"]["inputs"]) == 111
 
 
-def test_missing_data_file_names_the_path_and_the_variable(monkeypatch, tmp_path):
-    monkeypatch.setenv("HSD_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"HSD_DATA_DIR") as error:
-        load_problems("math500")
-    assert str(tmp_path / "math" / "math500.jsonl") in str(error.value)
+def test_short_names_read_a_data_folder_and_data_dir_wins_over_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HSD_DATA_DIR", str(tmp_path))  # empty: data_dir= must win
+    gsm8k = load_problems("gsm8k", data_dir=FIXTURE_DATA)
+    assert [p.id for p in gsm8k] == [f"gsm8k-test-{i}" for i in range(5)]
+    assert gsm8k[0].answer == "63" and gsm8k[0].reference.endswith("63 rolls.")
+    assert gsm8k[0].origin == f"{FIXTURE_DATA / 'gsm8k' / 'test.jsonl'}: row 1"
+    monkeypatch.setenv("HSD_DATA_DIR", str(FIXTURE_DATA))
+    assert load_problems("gsm8k-train")[1].id == "gsm8k-train-1"
+    math500 = load_problems("math500")
+    assert math500[0].answer == "\\frac{14}{3}" and math500[0].prompt.count("\\boxed{}") == 1
+    assert [len(load_problems(name)) for name in ("aime24", "aime25")] == [3, 3]
+    humaneval, mbpp = load_problems("humaneval"), load_problems("mbppplus")
+    assert humaneval[1].id == "HsdEval/1" and humaneval[1].kind == "code"
+    assert set(humaneval[1].meta["tests"]) == {"test", "entry_point", "prompt"}
+    assert mbpp[0].id == "Mbpp/9001" and mbpp[0].meta["tests"]["inputs"][-1] == [[0, 100, 50, 100]]
 
 
 def test_every_bad_row_is_reported_with_file_row_and_field(tmp_path):
@@ -130,8 +135,9 @@ def test_testbed_spec_passes_typed_options_to_the_chain_task():
     assert problems == load_problems("testbed:chain?n=6&steps=3&variant=single", seed=2)
 
 
-def test_to_hf_dataset_has_the_columns_reward_functions_read(data_dir):
-    problems = load_problems("gsm8k", limit=2) + load_problems("humaneval", limit=1)
+def test_to_hf_dataset_has_the_columns_reward_functions_read():
+    problems = load_problems("gsm8k", limit=2, data_dir=FIXTURE_DATA)
+    problems += load_problems("humaneval", limit=1, data_dir=FIXTURE_DATA)
     table = to_hf_dataset(problems)
     assert table.column_names == ["prompt", "answer", "reference", "kind", "problem_id", "meta"]
     assert table[0]["prompt"] == [{"role": "user", "content": problems[0].prompt}]

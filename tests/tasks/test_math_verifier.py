@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import pytest
 from hsd.tasks.math import extract_answer, gsm8k_gold, verify_math, warm_workers
 from hsd.tasks.rewards import make_reward_func
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SLOW_ANSWER = "\\boxed{9^{9^{9^{9}}}}"  # sympy tries to evaluate a number with ~10^8 digits
 
 
-def _rows(name: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+def _rows(folder: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / name).read_text().splitlines() if line.strip()]
 
 
 def test_extract_answer_takes_the_last_balanced_boxed():
@@ -47,8 +45,8 @@ def test_gsm8k_gold_is_the_number_after_the_marks_without_separators():
         gsm8k_gold("no marker here")
 
 
-def test_all_gsm8k_test_golds_verify_against_themselves_and_a_wrong_number_fails():
-    rows = _rows("gsm8k/test.jsonl")
+def test_all_gsm8k_test_golds_verify_against_themselves_and_a_wrong_number_fails(full_data):
+    rows = _rows(full_data, "gsm8k/test.jsonl")
     assert len(rows) == 1319
     golds = [gsm8k_gold(row["answer"]) for row in rows]
     boxed = [f"{row['answer'].split('####')[0]}The answer is \\boxed{{{g}}}." for row, g in zip(rows, golds)]
@@ -65,8 +63,8 @@ def test_all_gsm8k_test_golds_verify_against_themselves_and_a_wrong_number_fails
     assert reward_func.counts == {"correct": 2 * n, "wrong": n}
 
 
-def test_math500_golds_verify_as_boxed_through_math_verify():
-    rows = _rows("math/math500.jsonl")
+def test_math500_golds_verify_as_boxed_through_math_verify(full_data):
+    rows = _rows(full_data, "math/math500.jsonl")
     reward_func = make_reward_func(num_workers=2, math_shortcut=False)
     completions = [f"Therefore the answer is $\\boxed{{{row['answer']}}}$." for row in rows]
     rewards = reward_func([""] * len(rows), completions, answer=[r["answer"] for r in rows])
@@ -114,25 +112,19 @@ def test_bad_gold_or_timeout_raise_value_error():
 
 def test_slow_check_times_out_from_a_thread_and_the_next_check_works():
     warm_workers(1)
-    with ThreadPoolExecutor(1) as executor:
-        started = time.monotonic()
-        verdict = executor.submit(verify_math, SLOW_ANSWER, "5", timeout=1.0).result()
-        elapsed = time.monotonic() - started
+    with ThreadPoolExecutor(1) as executor:  # how soon the 1 s limit stops it: benchmarks/limits.py
+        verdict = executor.submit(verify_math, SLOW_ANSWER, "5", timeout=1.0).result(timeout=120)
     assert (verdict.reward, verdict.reason) == (0.0, "timeout")
-    assert elapsed < 2.0
     assert verify_math("\\boxed{\\frac{1}{2}}", "0.5", shortcut=False).reason == "correct"
 
 
-def _verify_in_pool_worker(completion: str) -> tuple[float, str, float]:
-    started = time.monotonic()
+def _verify_in_pool_worker(completion: str) -> tuple[float, str]:
     verdict = verify_math(completion, "5", timeout=1.0)
-    return verdict.reward, verdict.reason, time.monotonic() - started
+    return verdict.reward, verdict.reason
 
 
 def test_limit_holds_inside_a_daemonic_worker_process():
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pool.apply(_verify_in_pool_worker, ("\\boxed{5}",))  # start-up done
-        reward, reason, elapsed = pool.apply(_verify_in_pool_worker, (SLOW_ANSWER,))
-        assert (reward, reason) == (0.0, "timeout")
-        assert elapsed < 2.0 + 5.0  # 1 s limit; a cold worker may take a few seconds to import math-verify
-        assert pool.apply(_verify_in_pool_worker, ("\\boxed{5}",))[:2] == (1.0, "correct")
+        assert pool.apply_async(_verify_in_pool_worker, (SLOW_ANSWER,)).get(timeout=120) == (0.0, "timeout")
+        assert pool.apply(_verify_in_pool_worker, ("\\boxed{5}",)) == (1.0, "correct")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import threading
 
 import pytest
 
+from hsd.tasks import rewards as rewards_module
 from hsd.tasks.gym import load_gym_problems
+from hsd.tasks.problem import Verdict
 from hsd.tasks.rewards import completion_text, make_reward_func, verify
 
 CODE_TESTS = {"test": "def check(candidate):\n    assert candidate(1) == 2\n", "entry_point": "f"}
@@ -53,15 +55,16 @@ def test_mixed_kinds_are_scored_in_row_order(reward_func):
     assert "Test 1 of 1 failed" in reward_func.last_verdicts[4].feedback
 
 
-def test_rows_are_verified_in_parallel(reward_func):
-    slow = "```python\nimport time\ndef f(x):\n    time.sleep(1.5)\n    return x + 1\n```"
-    reward_func([""], ["\\boxed{1}"], answer=["1"])  # threads started
-    started = time.monotonic()
-    rewards = reward_func(
-        [""] * 2, [slow] * 2, answer=[""] * 2, kind=["code"] * 2, meta=[{"tests": CODE_TESTS}] * 2
-    )
-    assert rewards == [1.0, 1.0]
-    assert time.monotonic() - started < 2.9  # one after the other would take more than 3 s
+def test_rows_are_verified_in_parallel(reward_func, monkeypatch):
+    both_running = threading.Barrier(2, timeout=60)  # rows verified one after the other would break it
+
+    def verify_together(kind, completion, **options) -> Verdict:
+        both_running.wait()
+        return Verdict(1.0, "correct")
+
+    monkeypatch.setattr(rewards_module, "verify", verify_together)
+    rewards = reward_func([""] * 2, ["a", "b"], answer=["1", "2"])
+    assert rewards == [1.0, 1.0] and reward_func.counts == {"correct": 2}
 
 
 def test_a_reward_that_cannot_be_computed_is_none_logged_and_counted(reward_func, caplog):

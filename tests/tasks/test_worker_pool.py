@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
@@ -33,10 +32,9 @@ def test_call_returns_the_function_result(worker):
 def test_overrunning_call_is_killed_within_its_limit_and_the_worker_replaced(worker):
     worker.call("math", "gcd", 1, 1, timeout=30)  # started and ready
     old_pid = worker._process.pid
-    started = time.monotonic()
+    # the 60 s sleep is stopped at its 0.5 s limit (how soon: benchmarks/limits.py)
     with pytest.raises(WorkerTimeout):
         worker.call("time", "sleep", 60, timeout=0.5)
-    assert time.monotonic() - started < 1.5
     assert not _alive(old_pid)
     assert worker.call("math", "gcd", 9, 6, timeout=30) == 3
     assert worker._process.pid != old_pid
@@ -55,18 +53,20 @@ def test_exception_in_the_function_is_a_worker_error_naming_it(worker):
 
 def test_pool_serves_threads_in_parallel_each_with_its_own_worker():
     pool = WorkerPool()
+    both_hold_one = threading.Barrier(2, timeout=60)  # a pool that made one caller wait would break it
+    pids = []
+
+    def call() -> None:
+        with pool.worker() as worker:
+            both_hold_one.wait()
+            pids.append(worker.call("os", "getpid", timeout=30))
+
     try:
-        pool.warm(2)
-        started = time.monotonic()
-        threads = [
-            threading.Thread(target=pool.call, args=("time", "sleep", 1.0), kwargs={"timeout": 30})
-            for _ in range(2)
-        ]
+        threads = [threading.Thread(target=call) for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert time.monotonic() - started < 1.8
-        assert len(pool._all) == 2
+        assert len(set(pids)) == 2 and len(pool._all) == 2
     finally:
         pool.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -46,18 +45,15 @@ def _recipe(tmp_path: Path, model: Path, dataset: Path, **fields) -> Path:
     return path
 
 
-def _hsd_train(recipe: Path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
-    """Run `hsd train` in a subprocess; (result, its CPU seconds)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(
+def _hsd_train(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run `hsd train` in a subprocess (how fast it stops: benchmarks/user_error_latency.py)."""
+    return subprocess.run(
         [sys.executable, "-m", "hsd", "train", "--config", str(recipe), *extra],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return done, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _assert_one_line_user_error(done: subprocess.CompletedProcess, cpu: float, *expected: str) -> str:
+def _assert_one_line_user_error(done: subprocess.CompletedProcess, *expected: str) -> str:
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "Traceback" not in done.stderr
@@ -65,7 +61,6 @@ def _assert_one_line_user_error(done: subprocess.CompletedProcess, cpu: float, *
     assert len(errors) == 1, done.stderr
     for text in expected:
         assert text in errors[0], errors[0]
-    assert cpu < 5.0, f"{cpu:.1f} CPU seconds"
     return errors[0]
 
 
@@ -83,8 +78,8 @@ def test_a_bad_recipe_value_exits_2_naming_the_field_before_the_model_loads(
     unloadable_model, tmp_path, name, value, message
 ):
     data = _write_rows(tmp_path / "rows.jsonl", [json.dumps(r) for r in ROWS])
-    done, cpu = _hsd_train(_recipe(tmp_path, unloadable_model, data, **{name: value}))
-    _assert_one_line_user_error(done, cpu, message)
+    done = _hsd_train(_recipe(tmp_path, unloadable_model, data, **{name: value}))
+    _assert_one_line_user_error(done, message)
     assert not (tmp_path / "out" / ".hsd-run.lock").exists()
 
 
@@ -107,13 +102,13 @@ def test_a_bad_data_row_exits_2_naming_file_and_row_before_the_model_loads(unloa
     lines = [json.dumps(r) for r in ROWS]
     lines[2] = line
     data = _write_rows(tmp_path / "rows.jsonl", lines)
-    done, cpu = _hsd_train(_recipe(tmp_path, unloadable_model, data))
-    _assert_one_line_user_error(done, cpu, f"{data}: {message}")
+    done = _hsd_train(_recipe(tmp_path, unloadable_model, data))
+    _assert_one_line_user_error(done, f"{data}: {message}")
 
 
 def test_debug_shows_the_traceback_of_a_user_error(unloadable_model, tmp_path):
     data = _write_rows(tmp_path / "rows.jsonl", [json.dumps(r) for r in ROWS])
-    done, _ = _hsd_train(_recipe(tmp_path, unloadable_model, data, learning_rate="fast"), "--debug")
+    done = _hsd_train(_recipe(tmp_path, unloadable_model, data, learning_rate="fast"), "--debug")
     assert done.returncode == 2
     assert "Traceback" in done.stderr and "UserError" in done.stderr
     assert "hsd train: error: " in done.stderr

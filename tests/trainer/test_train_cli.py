@@ -68,6 +68,19 @@ def test_overrides_win_over_the_recipe():
     assert (args.method, args.learning_rate, args.max_steps, args.loss_type) == ("grpo", 3e-4, 7, "grpo")
 
 
+def test_a_benchmark_name_reads_the_recipes_data_dir(monkeypatch, tmp_path, tiny_model_dir):
+    from hsd.trainer.cli import checked_problems
+    from tests.conftest import FIXTURE_DATA
+
+    monkeypatch.setenv("HSD_DATA_DIR", str(tmp_path))  # empty: the recipe's data_dir must win
+    overrides = {"model": str(tiny_model_dir), "dataset": "gsm8k-train", "data_dir": str(FIXTURE_DATA),
+                 "max_completion_length": 8, "use_cpu": True}  # fmt: skip
+    script, args = load_recipe(None, overrides)
+    problems, _ = checked_problems(script, args)
+    assert [p.id for p in problems] == ["gsm8k-train-0", "gsm8k-train-1", "gsm8k-train-2"]
+    assert problems[0].origin.startswith(str(FIXTURE_DATA / "gsm8k" / "train.jsonl"))
+
+
 def test_unknown_field_is_named_with_a_suggestion():
     with pytest.raises(ValueError, match=r"'learnin_rate' \(did you mean 'learning_rate'\?\)"):
         load_recipe(CONFIGS / "quickstart.yaml", ["--learnin_rate", "1e-3"])
