@@ -169,8 +169,10 @@ def task_defaults(model_dir: str | Path) -> dict:
 
 
 def measure_testbed(
-    model_dir: str | Path,
+    model,
+    tokenizer,
     *,
+    task: dict,
     variant: str = "single",
     problems: int = 256,
     group_size: int = 8,
@@ -181,19 +183,18 @@ def measure_testbed(
     top_p: float = 1.0,
     sample_seed: int = 0,
 ) -> dict:
-    """All of the above on `problems` fresh (test-split) problems, group_size rollouts each; the task knobs
-    left None are the ones the model was pretrained on."""
-    from hsd.models import load_model, load_tokenizer
-
-    task = task_defaults(model_dir)
-    task.update(
-        {
+    """All of the above for a loaded model on `problems` fresh (test-split) problems, group_size rollouts
+    each. `task` holds the chain task's steps, operand_max and modulus (`task_defaults(model_dir)`: the ones
+    the model was pretrained on); the knobs given here replace its values. The caller loads the model
+    (`hsd.models`, a layer above), so the testbed never imports the loader that builds it."""
+    task = {
+        **task,
+        **{
             k: v
             for k, v in dict(steps=steps, operand_max=operand_max, modulus=modulus).items()
             if v is not None
-        }
-    )
-    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
+        },
+    }
     chain_problems = load_chain_problems(problems, seed=sample_seed, variant=variant, split="test", **task)
     started = time.perf_counter()
     ids_PG = sample_completions(

@@ -1,4 +1,4 @@
-"""`hsd core-demo`: the HSD core on a small synthetic batch, no model needed (a few seconds, seeded).
+"""`hsd core-demo`: the HSD core (`hsd.core`) on a small synthetic batch, no model needed (seconds, seeded).
 Peers and teacher contexts for a few groups, a first divergence, Eq. 12 coverage, and the divergences.
 """
 
