@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hsd.core.checks import is_int
 from hsd.core.contexts import context_for
 from hsd.core.divergence import (
     abs_credit_at,
@@ -504,7 +505,7 @@ class CollectSettings:
     def __post_init__(self) -> None:
         """`ValueError` naming the setting that cannot work."""
         group_size = self.group_size
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        if not is_int(group_size) or group_size < 2:
             raise ValueError(
                 f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}"
             )

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hsd.core.checks import is_int
+
 TokenIds = Sequence[int] | torch.Tensor
 Signal = Sequence[float] | torch.Tensor
 
@@ -74,7 +76,7 @@ def credit_profile(
     Returns (offsets, mean_abs, counts); an offset no rollout reaches has mean NaN and count 0. Rollouts
     whose tau is None are skipped.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+    if not is_int(window) or window < 0:
         raise ValueError(f"window must be a non-negative int, got {window!r}")
     offsets = list(range(-window, window + 1))
     sums = [0.0] * len(offsets)
@@ -101,7 +103,7 @@ def mass_within(
     total = sum(float(signal.sum()) for signal, _ in pairs)
     shares = {}
     for w in widths:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        if not is_int(w) or w < 0:
             raise ValueError(f"widths must be non-negative ints, got {w!r}")
         inside = sum(float(signal[max(0, tau - w) : tau + w + 1].sum()) for signal, tau in pairs)
         shares[w] = inside / total if total > 0 else math.nan
@@ -114,7 +116,7 @@ def silence_curve(credits: Sequence[Signal], bins: int = 20) -> tuple[list[float
     Returns (bin centers, mean |A| per bin), pooled over all tokens of all rollouts falling in a bin
     (NaN for an empty bin).
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    if not is_int(bins) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     sums = torch.zeros(bins, dtype=torch.float64)
     counts = torch.zeros(bins, dtype=torch.float64)
@@ -144,7 +146,7 @@ def abs_credit_at(credits: Sequence[Signal], taus: Sequence[int | None]) -> tupl
 
 
 def _check_group(G: int) -> None:
-    if isinstance(G, bool) or not isinstance(G, int) or G < 2:
+    if not is_int(G) or G < 2:
         raise ValueError(f"G (group size) must be an int >= 2, got {G!r}")
 
 

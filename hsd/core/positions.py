@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hsd.core.checks import is_int
+
 # all: every position of a distilled rollout (Eq. 10); from_tau: t >= tau; tau_window: |t - tau| <= w
 DISTILL_POSITIONS = ("all", "from_tau", "tau_window")
 # the regions a diagnostic is split into, in the order they are logged
@@ -18,7 +20,7 @@ REGIONS = ("success", "failed_before_tau", "failed_at_tau", "failed_after_tau", 
 def _check_taus(taus_B: torch.Tensor, T: int) -> torch.Tensor:
     if not isinstance(taus_B, torch.Tensor) or taus_B.dim() != 1:
         raise ValueError("taus_B must be a 1-d tensor (one tau per rollout, -1 where none)")
-    if isinstance(T, bool) or not isinstance(T, int) or T < 0:
+    if not is_int(T) or T < 0:
         raise ValueError(f"T must be a non-negative int (completion length), got {T!r}")
     return torch.arange(T, device=taus_B.device)[None, :]
 
@@ -36,7 +38,7 @@ def distill_position_mask(taus_B: torch.Tensor, T: int, mode: str = "all", windo
     t_1T = _check_taus(taus_B, T)
     if mode not in DISTILL_POSITIONS:
         raise ValueError(f"mode must be one of {DISTILL_POSITIONS}, got {mode!r}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+    if not is_int(window) or window < 0:
         raise ValueError(f"window must be a non-negative int, got {window!r}")
     if mode == "all":
         return torch.ones(taus_B.size(0), T, dtype=torch.bool, device=taus_B.device)
