@@ -11,7 +11,9 @@ import torch
 
 from hsd.core.contexts import build_contexts
 from hsd.core.distill import distill_terms
-from hsd.core.divergence import (
+from hsd.core.losses import DIVERGENCE_KINDS, aggregate, token_divergence
+from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
+from hsd.core.tau import (
     coverage,
     credit_profile,
     first_divergence,
@@ -19,8 +21,6 @@ from hsd.core.divergence import (
     optimal_coverage,
     optimal_success_rate,
 )
-from hsd.core.losses import DIVERGENCE_KINDS, aggregate, token_divergence
-from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

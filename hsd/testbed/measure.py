@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from hsd.core.divergence import coverage, first_divergence
 from hsd.core.peers import SUCCESS_THRESHOLD
+from hsd.core.tau import NO_TAU, coverage, first_divergence
 from hsd.tasks.chain import load_chain_problems, verify_chain
 from hsd.tasks.problem import Problem
 from hsd.testbed.model import torch_threads
@@ -120,9 +120,10 @@ def divergence_stats(
                 pair_hits += first_divergence(group[i], group[j]) == error_char
             tau = first_divergence(group[i], group[rng.choice(winners)])
             hits += tau == error_char
-            before += tau is not None and error_char is not None and tau < error_char
-            after += tau is not None and error_char is not None and tau > error_char
-            taus.append(tau)
+            before += tau != NO_TAU and error_char is not None and tau < error_char
+            after += tau != NO_TAU and error_char is not None and tau > error_char
+            if tau != NO_TAU:
+                taus.append(tau)
             errors.append(error_char)
     n = len(rewards)
     p = sum(r >= SUCCESS_THRESHOLD for r in rewards) / n  # the success rate

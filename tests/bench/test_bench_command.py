@@ -85,7 +85,7 @@ def test_turn_table_stops_waiting_trainers_when_one_fails():
 
 
 def _args(**overrides):
-    """The arguments as `hsd bench step ...` parses them: unknown `--field value` pairs go to args.overrides."""
+    """The arguments as `hsd bench step ...` parses them: other `--field value` pairs go to args.overrides."""
     assert cli.ACCEPTS_OVERRIDES
     parser = argparse.ArgumentParser()
     cli.configure_parser(parser)

@@ -15,7 +15,7 @@ CORE_DIR = Path(hsd.core.__file__).parent
 
 def test_importing_the_core_loads_no_trl_or_transformers():
     code = (
-        "import hsd.core.losses, hsd.core.peers, hsd.core.divergence, hsd.core.contexts, hsd.core.plan, "
+        "import hsd.core.losses, hsd.core.peers, hsd.core.tau, hsd.core.contexts, hsd.core.plan, "
         "sys, json; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'transformers'))))"
     )
@@ -25,7 +25,7 @@ def test_importing_the_core_loads_no_trl_or_transformers():
 
 def test_core_modules_import_only_torch_the_standard_library_and_the_core():
     modules = sorted(CORE_DIR.glob("*.py"))
-    assert {m.stem for m in modules} >= {"peers", "contexts", "divergence", "losses"}
+    assert {m.stem for m in modules} >= {"peers", "contexts", "tau", "losses"}
     for module in modules:
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Import):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hsd.core.divergence import coverage
+from hsd.core.tau import coverage
 from hsd.models import load_model, load_tokenizer
 from hsd.tasks.chain import Chain, chain_problem
 from hsd.testbed.measure import completion_text, divergence_stats, measure_testbed, task_defaults
