@@ -1,6 +1,6 @@
 """hsd: Hindsight Self-Distillation for LLM reasoners.
 
-`hsd.core` (the method: peers, contexts, divergence, losses) imports only torch and the standard library.
+`hsd.core` (the method: peers, contexts, plan, tau, losses) imports only torch and the standard library.
 `HSDConfig` and `HSDTrainer` (which need TRL) are imported lazily, on first use.
 """
 

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("hsd.compare", "several methods x seeds on one config: comparison.md and curves"),
     "bench": ("hsd.bench.cli", "time GRPO, OPSD and HSD phase by phase on one fixed batch"),
     "testbed": ("hsd.testbed.cli", "build the small pretrained testbed model"),
-    "core-demo": ("hsd.core.demo", "a few training-free HSD core computations (no model needed)"),
+    "core-demo": ("hsd.core_demo", "a few training-free HSD core computations (no model needed)"),
 }
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from hsd.core.checks import is_int
 from hsd.core.peers import SUCCESS_THRESHOLD
 from hsd.errors import UserError
 from hsd.sampling import (
@@ -229,7 +230,7 @@ def evaluate(
     with the settings.
     """
     k = 1 if greedy else k
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     sampling = SamplingSettings(temperature, top_p, max_new_tokens, greedy)
     _check_unique_ids(problems)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hsd.core.checks import is_int
 from hsd.tasks.problem import Problem, Verdict
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_all
 from hsd.teacher.prompt import tokenize_prompt
@@ -30,7 +31,7 @@ class SamplingSettings:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+        if not is_int(self.max_new_tokens):
             raise ValueError(f"max_new_tokens must be an int, got {self.max_new_tokens!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -86,9 +87,9 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, n: int = 1,
     """
     from transformers import GenerationConfig
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n (samples per prompt) must be a positive int, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if settings.greedy and n != 1:
         raise ValueError(f"greedy decoding gives one completion per prompt; got n={n}")

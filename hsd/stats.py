@@ -12,6 +12,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from hsd.core.checks import is_int
+
 
 def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1); NaN, NaN when empty, std 0 for one value. None is skipped."""
@@ -40,7 +42,7 @@ def student_t_cdf(t: float, df: int) -> float:
     (just 2 theta / pi for df = 1), and, for even df,
         sin(theta) (1 + 1/2 cos^2(theta) + (1*3)/(2*4) cos^4(theta) + ... + (1*3...(df-3))/(2*4...(df-2)) cos^(df-2)(theta)).
     """
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
+    if not is_int(df) or df < 1:
         raise ValueError(f"df must be an int >= 1, got {df!r}")
     if math.isnan(t):
         return math.nan

@@ -1,5 +1,7 @@
-"""Every import inside hsd points down the layers that docs/architecture.md lists, and no module imports
-another module's private name."""
+"""Every import inside hsd, at module level or inside a function, points down the layers that
+docs/architecture.md lists; no two modules import each other, directly or through others; every command is
+the `cli.py` of its package or a module of `hsd/` of its own; and no module imports another module's
+private name."""
 
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ def layer_of(module: str, table) -> str:
 
 
 def hsd_imports(path: Path, package: str | None = None):
-    """(imported module, imported names) for each import of an hsd module in the file (relative imports
-    resolved from `package`, by default the file's own)."""
+    """(imported module, imported names) for each import of an hsd module in the file, wherever it stands
+    (`ast.walk` visits the imports inside functions and classes too; relative imports resolved from
+    `package`, by default the file's own)."""
     if package is None:
         package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
     for node in ast.walk(ast.parse(path.read_text())):
@@ -71,7 +74,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 def test_the_table_covers_every_module_and_names_known_layers():
     table = layers()
-    assert {"core", "tasks", "model", "trainer", "analysis", "commands"} <= set(table)
+    assert {"core", "tasks", "teacher", "testbed", "model", "trainer", "analysis", "commands"} <= set(table)
     for name, (_, imports) in table.items():
         assert imports <= set(table) | {"*"}, name
     for path in SOURCES:
@@ -90,6 +93,60 @@ def test_imports_point_down_the_layers(path):
             target_layer = layer_of(target, table)
         assert target_layer == layer or "*" in allowed or target_layer in allowed, (
             f"{module_name(path)} ({layer}) imports {target} ({target_layer}); {layer} may import {sorted(allowed)}"
+        )
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the hsd modules it imports (`from package import module` counts as the module)."""
+    modules = {module_name(path): path for path in SOURCES}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for target, names in hsd_imports(path):
+            submodules = {f"{target}.{n}" for n in names if f"{target}.{n}" in modules}
+            targets |= submodules or ({target} & set(modules))
+        graph[name] = targets - {name}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as [a, b, ..., a], or None (depth-first search, white/grey/black)."""
+    state, path = dict.fromkeys(graph, 0), []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target) :] + [target]
+            if state.get(target) == 0 and (cycle := visit(target)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if state[node] == 0 and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle():
+    cycle = import_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_command_is_the_cli_of_its_package_or_a_module_of_its_own():
+    from hsd.cli import COMMANDS
+
+    table = layers()
+    for command, (module, _) in COMMANDS.items():
+        parts = module.split(".")
+        assert layer_of(module, table) == "commands", f"hsd {command}: {module} is not in the commands layer"
+        own_package = len(parts) == 3 and parts[2] == "cli" and (PACKAGE / parts[1]).is_dir()
+        own_module = len(parts) == 2 and (PACKAGE / f"{parts[1]}.py").is_file()
+        assert own_package or own_module, (
+            f"hsd {command}: {module} is neither hsd/<package>/cli.py nor hsd/<name>.py"
         )
 
 
@@ -114,3 +171,11 @@ def test_the_checks_catch_a_layer_violation_and_a_private_import(tmp_path):
     found = list(hsd_imports(bad, package="hsd.trainer"))
     assert ("hsd.trainer.cli", ["_parse"]) in found and ("hsd.core", []) in found
     assert ("hsd.trainer.forward", ["x"]) in found
+    inside = tmp_path / "inside.py"
+    inside.write_text("def load():\n    from hsd.models import load_model\n    import hsd.trainer.cli\n")
+    found = list(hsd_imports(inside, package="hsd.testbed"))
+    assert ("hsd.models", ["load_model"]) in found and ("hsd.trainer.cli", []) in found
+    assert layer_of("hsd.models", table) not in table["testbed"][1]  # the testbed may not load models
+    graph = {"hsd.a": {"hsd.b"}, "hsd.b": {"hsd.c"}, "hsd.c": {"hsd.a"}, "hsd.d": {"hsd.a"}}
+    assert import_cycle(graph) == ["hsd.a", "hsd.b", "hsd.c", "hsd.a"]
+    assert import_cycle({**graph, "hsd.c": set()}) is None

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hsd.core.checks import is_int
 from hsd.core.contexts import context_for
-from hsd.core.divergence import (
+from hsd.core.head import chunked_token_logps, output_head
+from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
+from hsd.core.plan import TeacherPlan, plan_teachers
+from hsd.core.tau import (
+    NO_TAU,
     abs_credit_at,
     coverage,
     credit_profile,
@@ -22,9 +27,6 @@ from hsd.core.divergence import (
     optimal_success_rate,
     silence_curve,
 )
-from hsd.core.head import chunked_token_logps, output_head
-from hsd.core.peers import RULES_FROM_REWARDS, SUCCESS_THRESHOLD
-from hsd.core.plan import TeacherPlan, plan_teachers
 from hsd.sampling import SamplingSettings, VerifiedGroups, chat_prompt, progress_bar, sample_and_verify
 from hsd.tasks.problem import UNCOMPUTED, Problem
 from hsd.tasks.rewards import Verifier
@@ -76,9 +78,7 @@ class FailedRollout:
     prompt: str = ""
     answer: str = ""
     error_position: int | None = None  # the token holding the first wrong character, when the verifier knows
-    tau: int | None = field(
-        kw_only=True
-    )  # the plan's first divergence from the peer (Eq. 11); None: identical
+    tau: int = field(kw_only=True)  # the plan's first divergence from the peer (Eq. 11); NO_TAU: identical
 
     def credit(self, context: str) -> list[float]:
         """A_t = log pT(o_t) - log pS(o_t) (Eq. 2) under `context`."""
@@ -97,7 +97,10 @@ class FailedRollout:
 
     @classmethod
     def from_json(cls, record: dict) -> FailedRollout:
-        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
+        fields = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
+        if "tau" in fields and fields["tau"] is None:  # written before NO_TAU: null meant identical
+            fields["tau"] = NO_TAU
+        return cls(**fields)
 
 
 @dataclass
@@ -149,20 +152,20 @@ def _prefix_stats(lengths: Sequence[int]) -> dict:
 def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Tokens two sequences share from the start (the whole length when they are identical)."""
     tau = first_divergence(a, b)
-    return len(a) if tau is None else tau
+    return len(a) if tau == NO_TAU else tau
 
 
 def _mass_table(credits, taus, widths) -> dict[str, float]:
     return {str(w): share for w, share in mass_within(credits, taus, widths).items()}
 
 
-def random_positions(rollouts: Sequence[FailedRollout], seed: int) -> list[int | None]:
-    """For the control: one uniformly random position of each rollout (None for an empty one), seeded."""
+def random_positions(rollouts: Sequence[FailedRollout], seed: int) -> list[int]:
+    """For the control: one uniformly random position of each rollout (NO_TAU for an empty one), seeded."""
     generator = torch.Generator().manual_seed(seed)
     positions = []
     for r in rollouts:
         n = len(r.completion_ids)
-        positions.append(int(torch.randint(n, (1,), generator=generator)) if n else None)
+        positions.append(int(torch.randint(n, (1,), generator=generator)) if n else NO_TAU)
     return positions
 
 
@@ -179,8 +182,8 @@ def credit_tables(
     contexts = [c for c in CONTEXTS if any(c in r.teacher_logps for r in rollouts)]
     taus = [r.tau for r in rollouts]
     control = random_positions(rollouts, seed)
-    positive = {i for i, tau in enumerate(taus) if tau is not None and tau > 0}
-    with_tau = [tau for tau in taus if tau is not None]
+    positive = {i for i, tau in enumerate(taus) if tau > 0}
+    with_tau = [tau for tau in taus if tau != NO_TAU]
 
     tables: dict = {"contexts": contexts, **{key: {} for key in PER_CONTEXT_TABLES}}
     profile: dict = {}
@@ -254,8 +257,7 @@ def _error_tables(rollouts, contexts, taus, control, widths) -> dict | None:
     out: dict = {
         "n": len(known),
         "tau_equals_error_share": sum(taus[i] == errors[i] for i in known) / len(known),
-        "tau_before_error_share": sum(taus[i] is not None and taus[i] < errors[i] for i in known)
-        / len(known),
+        "tau_before_error_share": sum(taus[i] != NO_TAU and taus[i] < errors[i] for i in known) / len(known),
         "median_error": _median(list(errors.values())),
         "mass_within": {},
         "mass_within_random": {},
@@ -277,7 +279,7 @@ def _by_difficulty(rollouts: Sequence[FailedRollout], contexts: Sequence[str], w
     out = {}
     for bucket in DIFFICULTIES:
         members = [r for r in rollouts if difficulty(r.pass_rate) == bucket]
-        taus = [r.tau for r in members if r.tau is not None]
+        taus = [r.tau for r in members if r.tau != NO_TAU]
         at_tau = {}
         for context in contexts:
             having = [r for r in members if context in r.teacher_logps]
@@ -330,7 +332,7 @@ def _counts(rollouts: Sequence[FailedRollout], groups: Sequence[GroupOutcome]) -
         "uncomputed": sum(g.uncomputed for g in groups),
         "failed_with_peer": sum(g.failures_with_peer for g in groups),
         "analysed": len(rollouts),
-        "tau_none": sum(r.tau is None for r in rollouts),
+        "tau_none": sum(r.tau == NO_TAU for r in rollouts),
         "groups_no_success": sum(g.successes == 0 for g in groups),
         "groups_all_success": sum(g.successes == g.group_size for g in groups),
         "tokens": sum(len(r.completion_ids) for r in rollouts),
@@ -504,7 +506,7 @@ class CollectSettings:
     def __post_init__(self) -> None:
         """`ValueError` naming the setting that cannot work."""
         group_size = self.group_size
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        if not is_int(group_size) or group_size < 2:
             raise ValueError(
                 f"group_size must be an int >= 2 (a peer is another rollout), got {group_size!r}"
             )
@@ -559,7 +561,7 @@ def _analysed(
                     reference_ids=reference_ids, completion_tokens=_token_texts(tokenizer, ids_G[i]),
                     peer_tokens=_token_texts(tokenizer, ids_G[peer]), prompt=problem.prompt,
                     answer=problem.answer, error_position=error_token(verdict, visible, texts_G[i]),
-                    tau=tau if tau >= 0 else None,  # -1: identical to its peer
+                    tau=tau,
                 )
             )  # fmt: skip
     return groups, failed

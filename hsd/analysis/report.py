@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hsd.analysis.credit import CONTEXTS, DIFFICULTIES, FailedRollout
+from hsd.core.tau import NO_TAU
 
 PROFILE_PNG = "credit_profile.png"
 SILENCE_PNG = "silence_curve.png"
@@ -82,7 +83,7 @@ def plot_silence_curve(tables: dict, path: Path) -> Path:
 
 def plot_coverage(tables: dict, path: Path) -> Path:
     """Share of rollouts that fail with a successful peer against the pass rate, and f(p, G) (Eq. 12)."""
-    from hsd.core.divergence import coverage
+    from hsd.core.tau import coverage
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -130,6 +131,10 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return html.escape(str(value))
+
+
+def _tau_text(tau: int) -> str:
+    return "-" if tau == NO_TAU else _fmt(tau)
 
 
 def percent(value) -> str:
@@ -290,7 +295,7 @@ def _heat_row(r: FailedRollout, index: int, context: str, scale: float) -> str:
 
 
 def _peer_row(r: FailedRollout) -> str:
-    tau = r.tau if r.tau is not None else len(r.peer_ids)
+    tau = r.tau if r.tau != NO_TAU else len(r.peer_ids)
     cells = []
     for t, token in enumerate(r.peer_tokens):
         cls = "ptok shared" if t < tau else ("ptok tau" if t == tau else "ptok")
@@ -309,10 +314,8 @@ def _rollouts_html(rollouts: Sequence[FailedRollout], contexts: Sequence[str]) -
         at_tau = []
         for c in contexts:
             credit = r.credit(c) if c in r.teacher_logps else None
-            at_tau.append(
-                _fmt(credit[r.tau]) if credit and r.tau is not None and r.tau < len(credit) else "-"
-            )
-        index_rows.append([f'<a href="#r{k}">{k}</a>', html.escape(r.problem_id), _fmt(r.tau),
+            at_tau.append(_fmt(credit[r.tau]) if credit and 0 <= r.tau < len(credit) else "-")
+        index_rows.append([f'<a href="#r{k}">{k}</a>', html.escape(r.problem_id), _tau_text(r.tau),
                            _fmt(len(r.completion_ids)), html.escape(r.reason), *at_tau])  # fmt: skip
         nav = [f'<a href="#r{k - 1}">&larr; previous</a>' if k else "", '<a href="#index">index</a>']
         if k + 1 < len(rollouts):
@@ -322,7 +325,7 @@ def _rollouts_html(rollouts: Sequence[FailedRollout], contexts: Sequence[str]) -
         sections.append(
             f'<div class="rollout" id="r{k}"><div class="nav">{"".join(nav)}</div>'
             f"<h3>Rollout {k}: problem {html.escape(r.problem_id)}, rollout {r.rollout} (peer {r.peer}), "
-            f"tau = {_fmt(r.tau)}{error}, verdict {html.escape(r.reason)}, "
+            f"tau = {_tau_text(r.tau)}{error}, verdict {html.escape(r.reason)}, "
             f"group pass rate {r.pass_rate:.2f}</h3>"
             f'<div class="prompt">{html.escape(r.prompt)}</div>'
             f'<div class="label">gold answer: {html.escape(r.answer)}</div>'
@@ -347,8 +350,8 @@ def _embedded_png(path: Path, alt: str) -> str:
 
 def order_for_display(rollouts: Sequence[FailedRollout], limit: int) -> list[FailedRollout]:
     """Up to `limit` rollouts, those with tau > 0 first (where a divergence inside the reply can be seen)."""
-    inside = [r for r in rollouts if r.tau is not None and r.tau > 0]
-    rest = [r for r in rollouts if not (r.tau is not None and r.tau > 0)]
+    inside = [r for r in rollouts if r.tau > 0]
+    rest = [r for r in rollouts if not r.tau > 0]
     return (inside + rest)[: max(0, limit)]
 
 

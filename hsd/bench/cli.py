@@ -15,6 +15,8 @@ from hsd.bench.fixtures import MODEL_CONFIGS, OPTIMISATIONS_OFF
 from hsd.bench.step import STEP_METHODS, BenchSetup, run_step
 from hsd.bench.vs_trl import run_vs_trl
 
+ACCEPTS_OVERRIDES = True  # hsd.cli passes unparsed --field value pairs (HSDConfig fields) as args.overrides
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -42,12 +44,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="an HSDConfig field for every method, e.g. --set teacher_prefix_cache=false (repeatable)",
+        help=argparse.SUPPRESS,  # deprecated: --FIELD VALUE, as hsd train and hsd compare take it
     )
     parser.add_argument(
         "--plain", action="store_true", help="switch every teacher-pass optimisation off (the plain path)"
     )
     parser.add_argument("--out", help="write the JSON report here (it is printed either way)")
+    parser.epilog = (
+        "Any other --field value pair sets that HSDConfig field for every method, as in hsd train "
+        "(e.g. --teacher_prefix_cache false)."
+    )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -63,21 +69,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     _add_common(versus)
 
 
-def parse_overrides(items: list[str], plain: bool) -> dict:
-    """`FIELD=VALUE` strings into HSDConfig keyword arguments (values read as `hsd train` reads them)."""
-    from hsd.trainer.cli import yaml_scalar
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The HSDConfig fields every method gets: --plain's switches, then each `--field value` pair (read as
+    `hsd train` reads them: `hsd.trainer.cli.parse_overrides`); an explicit pair wins over --plain."""
+    from hsd.trainer.cli import check_known_fields, parse_overrides
     from hsd.trainer.config import HSDConfig
 
-    known = set(HSDConfig.__dataclass_fields__)
-    out = dict(OPTIMISATIONS_OFF) if plain else {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
-        name, value = item.split("=", 1)
-        if name not in known:
-            raise ValueError(f"--set {item!r}: HSDConfig has no field {name!r}")
-        out[name] = yaml_scalar(value)
-    return out
+    tokens = list(getattr(args, "overrides", None) or [])
+    if args.set:
+        print("hsd bench: --set FIELD=VALUE is deprecated; write --FIELD VALUE", file=sys.stderr)
+        tokens = [f"--{item}" for item in args.set] + tokens
+    values = parse_overrides(tokens)
+    check_known_fields(values, (HSDConfig,))
+    return {**OPTIMISATIONS_OFF, **values} if args.plain else values
 
 
 def setup_from_args(args) -> BenchSetup:
@@ -93,7 +97,7 @@ def setup_from_args(args) -> BenchSetup:
         dtype=args.dtype,
         seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
-        overrides=parse_overrides(args.set, args.plain),
+        overrides=config_overrides(args),
     )
 
 

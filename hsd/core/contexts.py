@@ -87,7 +87,7 @@ def build_contexts(
     rewards: Sequence[float] | torch.Tensor,
     group_size: int,
     peers: Sequence[int | None],
-    mode: str = "hsd",
+    context: str = "hsd",
     *,
     answers: Sequence[str | None],
     references: Sequence[str | None] | None = None,
@@ -99,35 +99,37 @@ def build_contexts(
 
     `answers` and `references` hold one entry per rollout or one per group (broadcast). `fallback` only
     affects `hsd`: without a peer the rollout gets the answer alone (True) or no distillation (False).
-    `peer` mode never falls back (None without a peer). With `distill_successes=False` every successful
+    `peer` context never falls back (None without a peer). With `distill_successes=False` every successful
     rollout (reward >= threshold) gets None, as in SDPO; the method distills successes too (step 4).
     """
     rewards_N = as_float_list(rewards, "rewards")
     n_rollouts = len(rewards_N)
     n_groups = check_group_size(n_rollouts, group_size)
-    if mode not in CONTEXT_MODES:
-        raise ValueError(f"mode must be one of {CONTEXT_MODES}, got {mode!r}")
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
     peers = _checked_peers(peers, rewards_N, group_size, threshold)
     answers_N = _per_rollout(answers, n_rollouts, n_groups, "answers")
     if answers_N is None:
         raise ValueError("answers is required (one per rollout or one per group)")
     references_N = _per_rollout(references, n_rollouts, n_groups, "references")
-    if mode in ("hsd", "opsd"):
+    if context in ("hsd", "opsd"):
         missing = [i for i, answer in enumerate(answers_N) if answer is None]
         if missing:
-            raise ValueError(f"answers is None for rollout {missing[0]}; mode {mode!r} needs the answer")
-    if mode == "reference":
+            raise ValueError(
+                f"answers is None for rollout {missing[0]}; context {context!r} needs the answer"
+            )
+    if context == "reference":
         if references_N is None:
-            raise ValueError("mode 'reference' needs references (one per rollout or one per group)")
+            raise ValueError("context 'reference' needs references (one per rollout or one per group)")
         missing = [i for i, reference in enumerate(references_N) if reference is None]
         if missing:
-            raise ValueError(f"references is None for rollout {missing[0]}; mode 'reference' needs one")
+            raise ValueError(f"references is None for rollout {missing[0]}; context 'reference' needs one")
 
     return [
         None
         if not distill_successes and rewards_N[i] >= threshold
         else context_for(
-            mode,
+            context,
             answer=answers_N[i],
             peer=peers[i],
             reference=references_N[i] if references_N is not None else None,
@@ -138,19 +140,19 @@ def build_contexts(
 
 
 def context_for(
-    mode: str, *, answer: str | None, peer: int | None, reference: str | None, fallback: bool = True
+    context: str, *, answer: str | None, peer: int | None, reference: str | None, fallback: bool = True
 ) -> TeacherContext | None:
-    """One rollout's teacher context under `mode` (see `build_contexts`), or None when it is not distilled."""
-    if mode == "hsd":  # Eq. 9
+    """One rollout's teacher context of kind `context` (see `build_contexts`), or None if not distilled."""
+    if context == "hsd":  # Eq. 9
         if peer is not None:
             return TeacherContext(answer=answer, peer=peer)
         return TeacherContext(answer=answer, fallback=True) if fallback else None
-    if mode == "opsd":
+    if context == "opsd":
         return TeacherContext(answer=answer)
-    if mode == "peer":
+    if context == "peer":
         return TeacherContext(peer=peer) if peer is not None else None
-    if mode == "reference":
+    if context == "reference":
         return TeacherContext(reference=reference)
-    if mode == "none":  # the teacher sees exactly what the student sees
+    if context == "none":  # the teacher sees exactly what the student sees
         return TeacherContext()
-    raise ValueError(f"mode must be one of {CONTEXT_MODES}, got {mode!r}")
+    raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hsd.core.checks import is_int
+
 # a rollout succeeds when its total reward R >= SUCCESS_THRESHOLD (R_j = 1 in the equations)
 SUCCESS_THRESHOLD = 1.0
 PEER_RULES = ("uniform", "first", "shortest", "lowest_ppl", "highest_ppl", "uniform_shared")
@@ -30,7 +32,7 @@ def as_float_list(values: Sequence[float] | torch.Tensor, name: str) -> list[flo
 
 def check_group_size(n_rollouts: int, group_size: int) -> int:
     """The number of groups; `ValueError` naming `group_size` unless it is a positive divisor of the batch."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+    if not is_int(group_size) or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     if n_rollouts % group_size:
         raise ValueError(f"group_size={group_size} does not divide the number of rollouts ({n_rollouts})")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from hsd.core.contexts import TeacherContext, build_contexts
-from hsd.core.divergence import first_divergence
 from hsd.core.peers import SUCCESS_THRESHOLD, as_float_list, group_outcomes, select_peers
+from hsd.core.tau import NO_TAU, first_divergence
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TeacherPlan:
 
     `success[i]`: R_i >= threshold. `peers[i]`: o+_i, the flat index of its peer, or None. `contexts[i]`:
     c_i, or None when rollout i is not distilled. `taus[i]`: tau_i of a failed rollout whose context holds a
-    peer, -1 otherwise (the convention of `hsd.core.positions`, which turns taus into the distilled positions).
+    peer, NO_TAU (-1) otherwise (an int, so `hsd.core.positions` turns the batch's taus into one tensor).
     """
 
     success: tuple[bool, ...]
@@ -61,11 +61,11 @@ def _completion_ids(completion_ids: Sequence[Sequence[int]] | None, n_rollouts: 
 
 
 def _tau(ids_N: list[list[int]], i: int, success: bool, context: TeacherContext | None) -> int:
-    """tau_i = min { t : o_{i,t} != o+_{i,t} } (Eq. 11) for a failure whose context holds a peer; else -1."""
+    """tau_i = min { t : o_{i,t} != o+_{i,t} } (Eq. 11) for a failure whose context holds a peer; else NO_TAU
+    (also for a failure identical to its peer: no divergence)."""
     if success or context is None or context.peer is None:
-        return -1
-    tau = first_divergence(ids_N[i], ids_N[context.peer])
-    return -1 if tau is None else tau  # identical to its peer: no divergence
+        return NO_TAU
+    return first_divergence(ids_N[i], ids_N[context.peer])
 
 
 def _outcome_statistics(
@@ -86,7 +86,7 @@ def _with_teacher_statistics(
     statistics: GroupStatistics, contexts_N: list[TeacherContext | None], taus_N: list[int]
 ) -> GroupStatistics:
     """`statistics` with the shares of rollouts distilled with a peer / after a fallback / at all, and tau."""
-    n, kept_taus = max(len(contexts_N), 1), [t for t in taus_N if t >= 0]
+    n, kept_taus = max(len(contexts_N), 1), [t for t in taus_N if t != NO_TAU]
     return replace(
         statistics,
         peer_frac=sum(c is not None and c.peer is not None for c in contexts_N) / n,
@@ -130,7 +130,7 @@ def plan_teachers(
     statistics = _outcome_statistics(scored_N, success_N, group_size, threshold)
     n = len(rewards_N)
     if mode is None:
-        return TeacherPlan(tuple(success_N), (None,) * n, (None,) * n, (-1,) * n, statistics)
+        return TeacherPlan(tuple(success_N), (None,) * n, (None,) * n, (NO_TAU,) * n, statistics)
     ids_N = _completion_ids(completion_ids, n)
     lengths_N = [len(ids) for ids in ids_N]
     peers_N = select_peers(

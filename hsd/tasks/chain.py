@@ -23,6 +23,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from hsd.core.checks import is_int
 from hsd.tasks.problem import Problem, Verdict
 
 MODULI = (10, 100)  # values have one or two digits, always written at full width
@@ -183,7 +184,7 @@ def load_chain_problems(
         raise ValueError(f"modulus must be one of {MODULI}, got {modulus!r}")
     checks = (("n", n, 0, None), ("steps", steps, 1, 64), ("operand_max", operand_max, 1, modulus - 1))
     for name, value, low, high in checks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+        if not is_int(value) or value < low or (high and value > high):
             raise ValueError(f"{name} must be an int in [{low}, {high or 'inf'}], got {value!r}")
     if not signs or set(signs) - {"+", "-"}:
         raise ValueError(f"signs must be a non-empty string of '+' and '-', got {signs!r}")

@@ -92,11 +92,14 @@ def main(args: argparse.Namespace) -> int:
             print(f"testbed ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
             print(path)
             return 0
-        from hsd.testbed.measure import measure_testbed
+        from hsd.models import load_model, load_tokenizer
+        from hsd.testbed.measure import measure_testbed, task_defaults
 
         model_dir = args.model or _build(args)
         result = measure_testbed(
-            model_dir,
+            load_model(str(model_dir)),
+            load_tokenizer(str(model_dir)),
+            task=task_defaults(model_dir),
             variant=args.variant,
             problems=args.problems,
             group_size=args.group_size,

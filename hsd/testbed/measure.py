@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from hsd.core.divergence import coverage, first_divergence
 from hsd.core.peers import SUCCESS_THRESHOLD
+from hsd.core.tau import NO_TAU, coverage, first_divergence
 from hsd.tasks.chain import load_chain_problems, verify_chain
 from hsd.tasks.problem import Problem
 from hsd.testbed.model import torch_threads
@@ -120,9 +120,10 @@ def divergence_stats(
                 pair_hits += first_divergence(group[i], group[j]) == error_char
             tau = first_divergence(group[i], group[rng.choice(winners)])
             hits += tau == error_char
-            before += tau is not None and error_char is not None and tau < error_char
-            after += tau is not None and error_char is not None and tau > error_char
-            taus.append(tau)
+            before += tau != NO_TAU and error_char is not None and tau < error_char
+            after += tau != NO_TAU and error_char is not None and tau > error_char
+            if tau != NO_TAU:
+                taus.append(tau)
             errors.append(error_char)
     n = len(rewards)
     p = sum(r >= SUCCESS_THRESHOLD for r in rewards) / n  # the success rate
@@ -169,8 +170,10 @@ def task_defaults(model_dir: str | Path) -> dict:
 
 
 def measure_testbed(
-    model_dir: str | Path,
+    model,
+    tokenizer,
     *,
+    task: dict,
     variant: str = "single",
     problems: int = 256,
     group_size: int = 8,
@@ -181,19 +184,18 @@ def measure_testbed(
     top_p: float = 1.0,
     sample_seed: int = 0,
 ) -> dict:
-    """All of the above on `problems` fresh (test-split) problems, group_size rollouts each; the task knobs
-    left None are the ones the model was pretrained on."""
-    from hsd.models import load_model, load_tokenizer
-
-    task = task_defaults(model_dir)
-    task.update(
-        {
+    """All of the above for a loaded model on `problems` fresh (test-split) problems, group_size rollouts
+    each. `task` holds the chain task's steps, operand_max and modulus (`task_defaults(model_dir)`: the ones
+    the model was pretrained on); the knobs given here replace its values. The caller loads the model
+    (`hsd.models`, a layer above), so the testbed never imports the loader that builds it."""
+    task = {
+        **task,
+        **{
             k: v
             for k, v in dict(steps=steps, operand_max=operand_max, modulus=modulus).items()
             if v is not None
-        }
-    )
-    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
+        },
+    }
     chain_problems = load_chain_problems(problems, seed=sample_seed, variant=variant, split="test", **task)
     started = time.perf_counter()
     ids_PG = sample_completions(

@@ -80,6 +80,18 @@ def parse_overrides(tokens: list[str]) -> dict:
     return out
 
 
+def check_known_fields(values: dict, classes: tuple[type, ...], where: str = "") -> None:
+    """A `UserError` naming every key of `values` that is no init field of `classes`, with the closest one."""
+    known = {f.name for cls in classes for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UserError(f"{where}unknown config field(s): {', '.join(hints)}")
+
+
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -102,15 +114,8 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
 
     values = read_recipe(config)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
-    known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
     where = f"{config}: " if config else ""
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, known, n=1)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise UserError(f"{where}unknown config field(s): {', '.join(hints)}")
+    check_known_fields(values, (TrainScript, HSDConfig), where)
     for key in ("model", "dataset"):
         if key not in values:
             raise UserError(f"{where}the recipe needs the field {key!r}")

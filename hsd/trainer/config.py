@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from trl import GRPOConfig
 
+from hsd.core.checks import is_int, is_number
 from hsd.core.contexts import CONTEXT_MODES
 from hsd.core.losses import DIVERGENCE_KINDS
 from hsd.core.methods import METHOD_TERMS, METHODS
@@ -264,10 +265,10 @@ class HSDConfig(GRPOConfig):
         _check_choice("divergence", self.divergence, DIVERGENCE_KINDS)
         _check_choice("teacher_weights", self.teacher_weights, TEACHER_WEIGHTS)
         _check_choice("distill_positions", self.distill_positions, DISTILL_POSITIONS)
-        if isinstance(self.tau_window, bool) or not isinstance(self.tau_window, int) or self.tau_window < 0:
+        if not is_int(self.tau_window) or self.tau_window < 0:
             raise ValueError(f"HSDConfig.tau_window={self.tau_window!r} must be an int >= 0")
         temperature = self.teacher_temperature
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
+        if not is_number(temperature) or not temperature > 0:
             raise ValueError(f"HSDConfig.teacher_temperature={temperature!r} must be a number > 0")
         if self.distill_positions != "all" and self.context not in ("hsd", "peer"):
             raise ValueError(

@@ -16,7 +16,7 @@ from cli_output import WARNINGS_ENV, noise
 
 from hsd.analysis.cli import analyze
 from hsd.analysis.credit import CollectSettings, collect, credit_tables
-from hsd.core.divergence import first_divergence
+from hsd.core.tau import first_divergence
 from hsd.sampling import SamplingSettings
 from hsd.tasks.problem import Problem, Verdict
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE

@@ -15,6 +15,7 @@ from hsd.analysis.credit import (
     random_positions,
     score_rollouts,
 )
+from hsd.core.tau import NO_TAU
 from hsd.tasks.problem import Problem
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 
@@ -112,6 +113,17 @@ def test_counts(tables):
         "failed_with_peer": 4, "analysed": 2, "tau_none": 0, "groups_no_success": 1, "groups_all_success": 0,
         "tokens": 8,
     }  # fmt: skip
+
+
+def test_a_rollout_identical_to_its_peer_has_no_tau_and_is_counted_so():
+    (a, b), groups = _constructed()
+    same = FailedRollout("s", 1, 0, 0.5, [5, 6], [5, 6], student_logps=[-1.0] * 2,
+                         teacher_logps={"hsd": [-1.0, -3.0]}, tau=NO_TAU)  # fmt: skip
+    tables = credit_tables([a, b, same], groups, widths=(0,))
+    assert tables["counts"]["tau_none"] == 1 and tables["median_tau"] == 1.0  # a's 2 and b's 0
+    assert tables["mass_within"]["hsd"] == pytest.approx({"0": 4 / 5.6})  # NO_TAU is skipped
+    old_record = {**same.to_json(), "tau": None}  # credit.json rollouts written before NO_TAU
+    assert FailedRollout.from_json(old_record).tau == NO_TAU
 
 
 def test_random_control_equals_tau_table_when_every_position_is_tau():

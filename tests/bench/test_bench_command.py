@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from hsd.bench import cli, fixtures, meter, step, vs_trl
+from hsd.errors import UserError
 
 
 def test_tokenizer_round_trips_random_ids_one_token_per_character():
@@ -84,31 +85,46 @@ def test_turn_table_stops_waiting_trainers_when_one_fails():
 
 
 def _args(**overrides):
+    """The arguments as `hsd bench step ...` parses them: other `--field value` pairs go to args.overrides."""
+    assert cli.ACCEPTS_OVERRIDES
     parser = argparse.ArgumentParser()
     cli.configure_parser(parser)
-    return parser.parse_args(["step", *overrides.pop("argv", [])])
+    args, args.overrides = parser.parse_known_args(["step", *overrides.pop("argv", [])])
+    return args
 
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="--model-config"):
         cli.main(_args(argv=["--model-config", "no-such-shape"]))
-    with pytest.raises(ValueError, match="no_such_field"):
-        cli.main(_args(argv=["--set", "no_such_field=1"]))
+    with pytest.raises(UserError, match="'no_such_field'"):
+        cli.main(_args(argv=["--no_such_field", "1"]))
     with pytest.raises(ValueError, match="--completion-len"):
         cli.main(_args(argv=["--completion-len", "0"]))
     with pytest.raises(ValueError, match="--methods"):
         cli.main(_args(argv=["--methods", "ppo"]))
 
 
+def test_a_misspelt_field_stops_hsd_bench_with_one_line(capsys):
+    from hsd import cli as hsd_cli
+
+    assert hsd_cli.main(["bench", "step", "--teacher_prefix_cahe", "false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'teacher_prefix_cache'" in err and len(err.splitlines()) == 1
+
+
 def test_plain_switches_every_teacher_pass_optimisation_off():
-    overrides = cli.parse_overrides(["teacher_prefix_cache=true"], plain=True)
-    assert overrides["teacher_prefix_cache"] is True  # an explicit --set wins
+    overrides = cli.config_overrides(_args(argv=["--plain", "--teacher_prefix_cache", "true"]))
+    assert overrides["teacher_prefix_cache"] is True  # an explicit field wins
     assert overrides["skip_undistilled_teacher"] is False and overrides["analytic_distill_head"] is False
 
 
-def test_set_values_are_read_as_hsd_train_reads_them():
-    overrides = cli.parse_overrides(["learning_rate=1e-3", "beta=0", "divergence=jsd"], plain=False)
+def test_field_values_are_read_as_hsd_train_reads_them(capsys):
+    argv = ["--learning_rate", "1e-3", "--batch", "2", "--beta=0", "--divergence", "jsd"]
+    overrides = cli.config_overrides(_args(argv=argv))
     assert overrides == {"learning_rate": 0.001, "beta": 0, "divergence": "jsd"}  # 1e-3 a number, not a str
+    deprecated = cli.config_overrides(_args(argv=["--set", "learning_rate=1e-3", "--set", "beta=0"]))
+    assert deprecated == {"learning_rate": 0.001, "beta": 0}
+    assert "--set FIELD=VALUE is deprecated" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ def test_context_is_immutable():
 @pytest.mark.parametrize(
     ("call", "named"),
     [
-        (lambda: contexts("teacher"), "mode"),
+        (lambda: contexts("teacher"), "context"),
         (lambda: contexts(answers=["7", "12", "0"]), "answers"),
         (lambda: contexts(answers="7"), "answers"),
         (lambda: contexts(answers=["7", None]), "answers"),

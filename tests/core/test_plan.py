@@ -165,5 +165,5 @@ def test_errors_name_the_argument():
         plan(ids=IDS[:7])
     with pytest.raises(ValueError, match="group_size"):
         plan_teachers(REWARDS, 3, IDS, answers=ANSWERS)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="context must be one of"):
         plan(mode="oracle")

@@ -45,7 +45,7 @@ def test_rollout_regions_are_disjoint_and_cover_every_position():
 
 
 def test_bad_arguments_name_themselves():
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="positions"):
         distill_position_mask(TAUS, 5, "before_tau")
     with pytest.raises(ValueError, match="window"):
         distill_position_mask(TAUS, 5, "tau_window", window=-1)

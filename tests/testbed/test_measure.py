@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hsd.core.divergence import coverage
+from hsd.core.tau import coverage
+from hsd.models import load_model, load_tokenizer
 from hsd.tasks.chain import Chain, chain_problem
-from hsd.testbed.measure import completion_text, divergence_stats, measure_testbed
+from hsd.testbed.measure import completion_text, divergence_stats, measure_testbed, task_defaults
 from hsd.testbed.model import build_testbed_model, build_tokenizer
 
 CORRECT = "7+3=0\n0-1=9\n9+2=1\n1-3=8\nAnswer: 8"
@@ -71,6 +72,7 @@ def test_default_model_success_rate_is_in_the_documented_band():
     """Builds the default model into the default cache (once; later runs reuse it), samples 256 fresh
     problems x 8 at temperature 1. The band is the one docs/results.md documents."""
     model_dir = build_testbed_model()
-    result = measure_testbed(model_dir, variant="single", problems=256, group_size=8)
+    model, tokenizer = load_model(str(model_dir)), load_tokenizer(str(model_dir))
+    result = measure_testbed(model, tokenizer, task=task_defaults(model_dir), problems=256, group_size=8)
     assert 0.2 <= result["p"] <= 0.55, result
     assert result["tau_equals_error"] >= 0.9, result

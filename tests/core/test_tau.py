@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsd.core.divergence import (
+from hsd.core.tau import (
+    NO_TAU,
     abs_credit_at,
     coverage,
     credit_profile,
@@ -41,21 +42,21 @@ def test_first_divergence_of_a_strict_prefix_is_its_length():
     assert first_divergence([], [4]) == 0
 
 
-def test_first_divergence_is_none_only_for_identical_sequences():
-    assert first_divergence([5, 6, 7], [5, 6, 7]) is None
-    assert first_divergence([], []) is None
+def test_first_divergence_is_no_tau_only_for_identical_sequences():
+    assert first_divergence([5, 6, 7], [5, 6, 7]) == NO_TAU == -1
+    assert first_divergence([], []) == NO_TAU
 
 
 def test_first_divergence_accepts_tensors():
     assert first_divergence(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 4])) == 2
-    assert first_divergence(torch.tensor([1, 2, 3]), [1, 2, 3]) is None
+    assert first_divergence(torch.tensor([1, 2, 3]), [1, 2, 3]) == NO_TAU
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 3), max_size=12), st.lists(st.integers(0, 3), max_size=12))
 def test_first_divergence_matches_its_definition(a, b):
     tau = first_divergence(a, b)
-    if tau is None:
+    if tau == NO_TAU:
         assert a == b
     else:
         assert a[:tau] == b[:tau]
@@ -73,7 +74,7 @@ def test_credit_profile_aligns_rollouts_at_tau():
 
 
 def test_credit_profile_skips_rollouts_without_tau_and_marks_unreached_offsets():
-    offsets, means, counts = credit_profile([torch.tensor([1.0, 2.0]), [9.0]], [0, None], window=3)
+    offsets, means, counts = credit_profile([torch.tensor([1.0, 2.0]), [9.0]], [0, NO_TAU], window=3)
     assert counts == [0, 0, 0, 1, 1, 0, 0]
     assert means[3:5] == [1.0, 2.0]
     assert all(math.isnan(m) for m in means[:3] + means[5:])
@@ -149,7 +150,8 @@ def test_optimum_is_the_maximum_of_coverage(G):
         (lambda: optimal_success_rate(1), "G"),
         (lambda: optimal_coverage(2.0), "G"),
         (lambda: credit_profile([[1.0]], [0, 1]), "taus"),
-        (lambda: credit_profile([[1.0]], [-1]), "taus"),
+        (lambda: credit_profile([[1.0]], [-2]), "taus"),
+        (lambda: credit_profile([[1.0]], [None]), "taus"),  # NO_TAU marks a rollout without tau
         (lambda: credit_profile([[1.0]], [0], window=-1), "window"),
         (lambda: credit_profile([[[1.0]]], [0]), "credits"),
         (lambda: mass_within([[1.0]], [0], widths=(-2,)), "widths"),

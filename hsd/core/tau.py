@@ -10,8 +10,13 @@ from collections.abc import Sequence
 
 import torch
 
+from hsd.core.checks import is_int
+
 TokenIds = Sequence[int] | torch.Tensor
 Signal = Sequence[float] | torch.Tensor
+# the tau of a rollout that has none (a success, a failure without a peer, one identical to its peer): an int,
+# so that the taus of a batch make one tensor (`hsd.core.positions`); every measurement here skips it
+NO_TAU = -1
 
 
 def _token_list(ids: TokenIds, name: str) -> list[int]:
@@ -22,16 +27,16 @@ def _token_list(ids: TokenIds, name: str) -> list[int]:
     return list(ids)
 
 
-def first_divergence(a: TokenIds, b: TokenIds) -> int | None:
+def first_divergence(a: TokenIds, b: TokenIds) -> int:
     """tau = min { t : a_t != b_t } (Eq. 11), 0-indexed; the shorter length when one is a strict prefix of
-    the other; None only when the sequences are identical."""
+    the other; NO_TAU only when the sequences are identical."""
     a_list, b_list = _token_list(a, "a"), _token_list(b, "b")
     for t, (x, y) in enumerate(zip(a_list, b_list)):
         if x != y:
             return t
     if len(a_list) != len(b_list):
         return min(len(a_list), len(b_list))
-    return None
+    return NO_TAU
 
 
 def _abs_signals(credits: Sequence[Signal]) -> list[torch.Tensor]:
@@ -46,35 +51,35 @@ def _abs_signals(credits: Sequence[Signal]) -> list[torch.Tensor]:
     return signals
 
 
-def _aligned(credits: Sequence[Signal], taus: Sequence[int | None]) -> list[tuple[torch.Tensor, int]]:
-    """(|A|, tau) per rollout that has a tau; rollouts with tau None (no divergence) are left out."""
+def _aligned(credits: Sequence[Signal], taus: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+    """(|A|, tau) per rollout that has a tau; rollouts with tau NO_TAU are left out."""
     signals = _abs_signals(credits)
     taus = list(taus)
     if len(taus) != len(signals):
         raise ValueError(f"taus has {len(taus)} entries but credits has {len(signals)}")
     pairs = []
     for i, (signal, tau) in enumerate(zip(signals, taus)):
-        if tau is None:
-            continue
         try:
             tau = operator.index(tau)
         except TypeError:
-            raise ValueError(f"taus[{i}] must be an int or None, got {tau!r}") from None
+            raise ValueError(f"taus[{i}] must be an int (NO_TAU = {NO_TAU}: none), got {tau!r}") from None
+        if tau == NO_TAU:
+            continue
         if tau < 0:
-            raise ValueError(f"taus[{i}] = {tau} is negative")
+            raise ValueError(f"taus[{i}] = {tau} is negative (NO_TAU = {NO_TAU} marks none)")
         pairs.append((signal, tau))
     return pairs
 
 
 def credit_profile(
-    credits: Sequence[Signal], taus: Sequence[int | None], window: int = 32
+    credits: Sequence[Signal], taus: Sequence[int], window: int = 32
 ) -> tuple[list[int], list[float], list[int]]:
     """Mean |A_{tau+d}| for each offset d in [-window, window], over the rollouts where tau+d is a position.
 
     Returns (offsets, mean_abs, counts); an offset no rollout reaches has mean NaN and count 0. Rollouts
-    whose tau is None are skipped.
+    whose tau is NO_TAU are skipped.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+    if not is_int(window) or window < 0:
         raise ValueError(f"window must be a non-negative int, got {window!r}")
     offsets = list(range(-window, window + 1))
     sums = [0.0] * len(offsets)
@@ -89,19 +94,19 @@ def credit_profile(
 
 
 def mass_within(
-    credits: Sequence[Signal], taus: Sequence[int | None], widths: Sequence[int] = (2, 4, 8, 16, 32)
+    credits: Sequence[Signal], taus: Sequence[int], widths: Sequence[int] = (2, 4, 8, 16, 32)
 ) -> dict[int, float]:
     """Share of |A| within |t - tau| <= w, for each w in `widths`.
 
     Pooled over rollouts: (sum over rollouts of |A| inside the window) / (sum over rollouts of all |A|),
-    so a rollout weighs by its total credit, not equally. Rollouts with tau None are skipped; NaN when
+    so a rollout weighs by its total credit, not equally. Rollouts with tau NO_TAU are skipped; NaN when
     the pooled mass is zero.
     """
     pairs = _aligned(credits, taus)
     total = sum(float(signal.sum()) for signal, _ in pairs)
     shares = {}
     for w in widths:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        if not is_int(w) or w < 0:
             raise ValueError(f"widths must be non-negative ints, got {w!r}")
         inside = sum(float(signal[max(0, tau - w) : tau + w + 1].sum()) for signal, tau in pairs)
         shares[w] = inside / total if total > 0 else math.nan
@@ -114,7 +119,7 @@ def silence_curve(credits: Sequence[Signal], bins: int = 20) -> tuple[list[float
     Returns (bin centers, mean |A| per bin), pooled over all tokens of all rollouts falling in a bin
     (NaN for an empty bin).
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+    if not is_int(bins) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
     sums = torch.zeros(bins, dtype=torch.float64)
     counts = torch.zeros(bins, dtype=torch.float64)
@@ -130,7 +135,7 @@ def silence_curve(credits: Sequence[Signal], bins: int = 20) -> tuple[list[float
     return centers, means
 
 
-def abs_credit_at(credits: Sequence[Signal], taus: Sequence[int | None]) -> tuple[float, float]:
+def abs_credit_at(credits: Sequence[Signal], taus: Sequence[int]) -> tuple[float, float]:
     """(mean |A| at t = tau, mean |A| at every other position), over rollouts whose tau is a position."""
     at_tau, elsewhere, n_elsewhere = [], 0.0, 0
     for signal, tau in _aligned(credits, taus):
@@ -144,7 +149,7 @@ def abs_credit_at(credits: Sequence[Signal], taus: Sequence[int | None]) -> tupl
 
 
 def _check_group(G: int) -> None:
-    if isinstance(G, bool) or not isinstance(G, int) or G < 2:
+    if not is_int(G) or G < 2:
         raise ValueError(f"G (group size) must be an int >= 2, got {G!r}")
 
 

@@ -1,4 +1,4 @@
-"""`hsd core-demo`: the HSD core on a small synthetic batch, no model needed (a few seconds, seeded).
+"""`hsd core-demo`: the HSD core (`hsd.core`) on a small synthetic batch, no model needed (seconds, seeded).
 Peers and teacher contexts for a few groups, a first divergence, Eq. 12 coverage, and the divergences.
 """
 
@@ -11,7 +11,9 @@ import torch
 
 from hsd.core.contexts import build_contexts
 from hsd.core.distill import distill_terms
-from hsd.core.divergence import (
+from hsd.core.losses import DIVERGENCE_KINDS, aggregate, token_divergence
+from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
+from hsd.core.tau import (
     coverage,
     credit_profile,
     first_divergence,
@@ -19,8 +21,6 @@ from hsd.core.divergence import (
     optimal_coverage,
     optimal_success_rate,
 )
-from hsd.core.losses import DIVERGENCE_KINDS, aggregate, token_divergence
-from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
