@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(name: str, rest: list[str]) -> int:
     """Parse the subcommand's arguments and run it (without transformers' weight-file progress bars)."""
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1])
+    # No abbreviations: `hsd compare --method grpo` would otherwise be read as `--methods`, not as the
+    # recipe field `method` the user meant.
+    parser = argparse.ArgumentParser(prog=f"hsd {name}", description=COMMANDS[name][1], allow_abbrev=False)
     module.configure_parser(parser)
     if getattr(module, "ACCEPTS_OVERRIDES", False):  # `--field value` pairs the module parses itself
         args, extra = parser.parse_known_args(rest)

@@ -173,3 +173,14 @@ def test_methods_at_one_seed_share_the_data_order(tiny_model_dir, tmp_path):
         batches.append([[row["prompt"] for row in next(loader)] for _ in range(3)])
     assert batches[0] == batches[1]  # the same seed: the same questions in the same order
     assert batches[0] != batches[2]  # the order does depend on the seed
+
+
+def test_a_recipe_field_that_prefixes_an_option_stays_a_recipe_field(monkeypatch):
+    """`--method grpo` is the recipe field `method`, not an abbreviation of `--methods`."""
+    import hsd.cli
+    import hsd.compare
+
+    seen = {}
+    monkeypatch.setattr(hsd.compare, "main", lambda args: seen.update(vars(args)) or 0)
+    assert hsd.cli.run("compare", ["--config", "x.yaml", "--method", "grpo"]) == 0
+    assert seen["methods"] == "hsd,grpo" and seen["overrides"] == ["--method", "grpo"]
