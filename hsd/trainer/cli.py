@@ -1,7 +1,8 @@
 """`hsd train --config FILE.yaml [--field value ...]`: a TRL-style YAML recipe plus command-line overrides.
 
-The YAML holds the script fields below (model, dataset, reward) and any `HSDConfig` / `GRPOConfig` field.
-An unknown field, a value of the wrong type or out of range is an error that names it (hsd.trainer.validate).
+The YAML holds the script fields below (model, dataset, reward), any `HSDConfig` / `GRPOConfig` field, and
+the adapter fields of TRL's `ModelConfig` (MODEL_CONFIG_FIELDS: `use_peft`, `lora_r`, ...). An unknown field,
+a value of the wrong type or out of range is an error that names it (hsd.trainer.validate).
 """
 
 from __future__ import annotations
@@ -51,6 +52,49 @@ class TrainScript:
             "help": "A longer prompt: refuse (stop, naming file and row) or truncate (drop its start)."
         },
     )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_peft: also write the base model with the adapter merged to final/merged."
+        },
+    )
+    # TRL's ModelConfig holding the recipe's MODEL_CONFIG_FIELDS (set by load_recipe; not a recipe field)
+    model_config: object = field(default=None, init=False, repr=False)
+
+
+# The fields of TRL's `ModelConfig` that `hsd train` takes: those `trl.get_peft_config` turns into a LoraConfig.
+MODEL_CONFIG_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                       "lora_target_parameters", "lora_modules_to_save", "lora_task_type", "use_rslora",
+                       "use_dora")  # fmt: skip
+
+
+def model_config(values: dict, where: str = ""):
+    """TRL's `ModelConfig` from a recipe's MODEL_CONFIG_FIELDS (typed and range-checked like every field;
+    one name may stand for a one-name list); `get_peft_config` of it is checked here too, so a mistake stops
+    the run before any model loads. Without `use_peft` the adapter fields are unused, which a warning says."""
+    from trl import ModelConfig, get_peft_config
+
+    from hsd.trainer.validate import check_recipe
+
+    given = {k: v for k, v in values.items() if k in MODEL_CONFIG_FIELDS}
+    for name in ("lora_target_modules", "lora_target_parameters", "lora_modules_to_save"):
+        if isinstance(given.get(name), str):
+            given[name] = [given[name]]  # ModelConfig keeps a one-name list as that name ("all-linear")
+    try:
+        config = ModelConfig(**check_recipe(given, (ModelConfig,)))
+        if config.use_peft:
+            from hsd.models import require_peft
+
+            require_peft("use_peft: true")
+            get_peft_config(config)
+    except UserError as exc:
+        raise UserError(f"{where}{exc}") from None
+    except ValueError as exc:  # ModelConfig's and LoraConfig's own checks
+        raise UserError(f"{where}adapter fields: {' '.join(str(exc).split())}") from None
+    unused = sorted(set(given) - {"use_peft"})
+    if unused and not config.use_peft:
+        print(f"hsd: warning: {where}{', '.join(unused)} unused: use_peft is false", file=sys.stderr)
+    return config
 
 
 def parse_overrides(tokens: list[str]) -> dict:
@@ -94,7 +138,9 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
 
     values = read_recipe(config)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
-    known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init}
+    known = {f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init} | set(
+        MODEL_CONFIG_FIELDS
+    )
     unknown = sorted(set(values) - known)
     where = f"{config}: " if config else ""
     if unknown:
@@ -106,16 +152,22 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
     for key in ("model", "dataset"):
         if key not in values:
             raise UserError(f"{where}the recipe needs the field {key!r}")
+    adapter = model_config(values, where)
     try:
-        values = check_recipe(values, (TrainScript, HSDConfig))
+        values = check_recipe(values, (TrainScript, HSDConfig))  # keeps only these classes' fields
     except UserError as exc:
         raise UserError(f"{where}{exc}") from None
+    if values.get("merge_adapter") and not adapter.use_peft:
+        raise UserError(
+            f"{where}field 'merge_adapter': true needs use_peft: true (there is no adapter to merge)"
+        )
     values.setdefault("output_dir", "runs/hsd")
     parser = HfArgumentParser((TrainScript, HSDConfig))
     try:
         script, args = parser.parse_dict(values, allow_extra_keys=False)
     except ValueError as exc:  # HSDConfig's and TRL's own checks of how fields combine
         raise UserError(f"{where}{' '.join(str(exc).split())}") from None
+    script.model_config = adapter
     return script, args
 
 
@@ -177,17 +229,53 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     )
     model = load_model(script.model)
     metrics = MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")
-    trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[metrics, *(callbacks or [])])  # fmt: skip
+    trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[metrics, *(callbacks or [])], peft_config=peft_config(script))  # fmt: skip
     trainer.run_lock = lock
+    name_base_model(trainer, script.model)
     return trainer
+
+
+def peft_config(script: TrainScript):
+    """The recipe's LoraConfig (TRL's `get_peft_config` of its ModelConfig fields), or None."""
+    from trl import get_peft_config
+
+    return None if script.model_config is None else get_peft_config(script.model_config)
+
+
+def name_base_model(trainer, model: str) -> None:
+    """Record the recipe's model (an alias, a hub id, a directory made absolute) as the base of the run's
+    adapters, so `hsd eval --model RUN/final` loads the right base (a GGUF's directory would not load)."""
+    from hsd.trainer.adapters import is_adapter_model
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if is_adapter_model(policy):
+        path = Path(model).expanduser()
+        for config in policy.peft_config.values():
+            config.base_model_name_or_path = str(path.resolve()) if path.exists() else model
 
 
 def write_recipe(out: Path, script: TrainScript, config) -> Path:
     """The resolved recipe of a run (script fields and every trainer field) as `out`/RECIPE_FILE."""
     path = out / RECIPE_FILE
-    path.write_text(json.dumps({"script": vars(script), "config": config.to_dict()}, indent=2, default=str))
+    script_fields = {k: v for k, v in vars(script).items() if k != "model_config"}
+    adapter = {k: getattr(script.model_config, k) for k in MODEL_CONFIG_FIELDS} if script.model_config else {}
+    record = {"script": script_fields, "model_config": adapter, "config": config.to_dict()}
+    path.write_text(json.dumps(record, indent=2, default=str))
     return path
+
+
+def save_merged(trainer, adapter_dir: Path) -> Path:
+    """`adapter_dir`/merged: the base model with the saved adapter merged into it, and the tokenizer (process
+    0 loads the base again, whatever engine trained the adapter)."""
+    from hsd.models import load_model, load_tokenizer
+
+    merged = adapter_dir / "merged"
+    if trainer.accelerator.is_main_process:
+        load_model(str(adapter_dir)).save_pretrained(merged)
+        load_tokenizer(str(adapter_dir)).save_pretrained(merged)
+    trainer.accelerator.wait_for_everyone()
+    return merged
 
 
 def close_reward_workers(trainer) -> None:
@@ -220,6 +308,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out / "final"))
+        if script.merge_adapter:
+            save_merged(trainer, out / "final")
     except RunStopped as stopped:  # interrupted, non-finite, checkpoint errors: one line, no traceback
         print(f"hsd train: {stopped}", file=sys.stderr)
         return stopped.exit_status

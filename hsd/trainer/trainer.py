@@ -27,8 +27,8 @@ from hsd.core.distill import DistillTerms, analytic_head_refusal
 from hsd.core.head import chunked_token_logps, output_head
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.plan import GroupStatistics, TeacherPlan, plan_teachers
-from hsd.models import language_model, require_peft
 from hsd.core.positions import distill_position_mask, rollout_regions
+from hsd.models import language_model, require_peft
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
 from hsd.teacher.prompt import teacher_input_ids
 from hsd.trainer import checkpoints, guards

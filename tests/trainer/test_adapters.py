@@ -23,9 +23,7 @@ def base_values(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
 
 
-@pytest.mark.parametrize(
-    "teacher, beta", [("live", 0.0), ("ema", 0.0), ("frozen", 0.0), ("live", 1e-3)]
-)
+@pytest.mark.parametrize("teacher, beta", [("live", 0.0), ("ema", 0.0), ("frozen", 0.0), ("live", 1e-3)])
 def test_every_teacher_kind_trains_the_adapter_without_a_copy(tiny_model_dir, tmp_path, teacher, beta):
     """The issue's table: HSDTrainer(..., peft_config=LoraConfig(...)) trains two steps and changes the
     adapter, never the base; the frozen teacher and the reference are the adapter switched off."""
@@ -124,5 +122,7 @@ def test_prompt_learning_adapters_are_refused_naming_the_config(tiny_model_dir, 
 
     with pytest.raises(ValueError, match="PrefixTuningConfig .* is not supported: the teacher and student"):
         scripted_trainer(
-            tiny_model_dir, tmp_path, peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+            tiny_model_dir,
+            tmp_path,
+            peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
         )
