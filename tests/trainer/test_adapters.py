@@ -126,3 +126,23 @@ def test_prompt_learning_adapters_are_refused_naming_the_config(tiny_model_dir, 
             tmp_path,
             peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
         )
+
+
+def test_analysis_log_probs_reach_through_the_wrapper(tiny_model_dir):
+    """`hsd.analysis`' teacher-pass log-probs of a PeftModel (adapter not the identity) are those of the
+    same model with the adapter merged in."""
+    from hsd.analysis.credit import completion_logprobs
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(**LORA)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    sequences = [([5, 6, 7], [8, 9, 10]), ([5, 6, 7], [11, 12]), ([4, 6], [9])]
+
+    def flat(m) -> list[float]:
+        return [lp for row in completion_logprobs(m, sequences) for lp in row]
+
+    wrapped, plain = flat(model), flat(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    merged = flat(model.merge_and_unload())
+    assert wrapped == pytest.approx(merged, abs=1e-5) and wrapped != pytest.approx(plain, abs=1e-3)
