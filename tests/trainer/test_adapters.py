@@ -55,6 +55,19 @@ def test_every_teacher_kind_trains_the_adapter_without_a_copy(tiny_model_dir, tm
         assert next(h for h in trainer.state.log_history if h.get("step") == 2)["kl"] > 0
 
 
+@pytest.mark.parametrize("method", ["grpo_opsd", "rlsd", "gspo"])
+def test_the_mixed_and_grpo_family_methods_train_an_adapter(tiny_model_dir, tmp_path, method):
+    """A distillation + GRPO mix, RLSD's teacher-weighted advantages and a TRL GRPO-family loss, on LoRA."""
+    trainer = scripted_trainer(
+        tiny_model_dir, tmp_path, peft_config=LoraConfig(**LORA), method=method, teacher_weights="ema"
+    )
+    adapter = lora_values(trainer.model)
+    trainer.train()
+    after = lora_values(trainer.model)
+    assert any(not torch.equal(adapter[n], after[n]) for n in adapter if ".lora_B." in n)
+    assert (trainer.adapter_teacher is not None) == trainer.args.needs_teacher
+
+
 def test_an_adapter_that_is_not_the_identity_gets_a_frozen_copy(tiny_model_dir, tmp_path):
     """A PeftModel passed in, whose adapter already changes the model (B != 0): the frozen teacher is a
     copy of that adapter, kept as it was while the trained adapter moves."""
