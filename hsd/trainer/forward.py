@@ -52,14 +52,14 @@ class HSDForward:
     on the outermost model (a peft `PeftModel` too): the modes reach the decoder stack and the LM head through
     `hsd.models.language_model`, so an adapter in the layers is applied as it is switched (on, off, another):
 
-        - `model(input_ids, attention_mask, hsd_hidden=T)` -> final hidden states at the T positions that predict
-          the last T tokens, [B, T, H] (the teacher pass).
-        - `model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=PrefixSpec(...))` -> the same
-          hidden states for [prefix ; completion] rows, each distinct prefix run once and its KV cache shared
-          (`hsd.teacher.prefix`).
-        - `model(input_ids, attention_mask, hsd_distill=DistillSpec(...))` -> `DistillTerms` (divergence,
-          student and teacher log p(o_t), student and teacher entropies) at the selected completion positions,
-          from one backbone pass (the student pass).
+    - `model(input_ids, attention_mask, hsd_hidden=T)` -> final hidden states at the T positions that predict
+      the last T tokens, [B, T, H] (the teacher pass).
+    - `model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=PrefixSpec(...))` -> the same
+      hidden states for [prefix ; completion] rows, each distinct prefix run once and its KV cache shared
+      (`hsd.teacher.prefix`).
+    - `model(input_ids, attention_mask, hsd_distill=DistillSpec(...))` -> `DistillTerms` (divergence,
+      student and teacher log p(o_t), student and teacher entropies) at the selected completion positions,
+      from one backbone pass (the student pass).
     """
 
     def __init__(self, model):
