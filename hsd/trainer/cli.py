@@ -72,7 +72,7 @@ def model_config(values: dict, where: str = ""):
     """TRL's `ModelConfig` from a recipe's MODEL_CONFIG_FIELDS (typed and range-checked like every field;
     one name may stand for a one-name list); `get_peft_config` of it is checked here too, so a mistake stops
     the run before any model loads. Without `use_peft` the adapter fields are unused, which a warning says."""
-    from trl import ModelConfig, get_peft_config
+    from trl.trainer.model_config import ModelConfig  # not `from trl import`: that loads trl.trainer.utils
 
     from hsd.trainer.validate import check_recipe
 
@@ -86,7 +86,7 @@ def model_config(values: dict, where: str = ""):
             from hsd.models import require_peft
 
             require_peft("use_peft: true")
-            get_peft_config(config)
+            peft_config(config)
     except UserError as exc:
         raise UserError(f"{where}{exc}") from None
     except ValueError as exc:  # ModelConfig's and LoraConfig's own checks
@@ -230,17 +230,19 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     model = load_model(script.model)
     metrics = MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")
     trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[metrics, *(callbacks or [])], peft_config=peft_config(script))  # fmt: skip
+                         callbacks=[metrics, *(callbacks or [])], peft_config=peft_config(script.model_config))  # fmt: skip
     trainer.run_lock = lock
     name_base_model(trainer, script.model)
     return trainer
 
 
-def peft_config(script: TrainScript):
-    """The recipe's LoraConfig (TRL's `get_peft_config` of its ModelConfig fields), or None."""
+def peft_config(model_config):
+    """The LoraConfig of a recipe's ModelConfig fields (TRL's `get_peft_config`), or None without use_peft."""
+    if model_config is None or not model_config.use_peft:
+        return None
     from trl import get_peft_config
 
-    return None if script.model_config is None else get_peft_config(script.model_config)
+    return get_peft_config(model_config)
 
 
 def name_base_model(trainer, model: str) -> None:

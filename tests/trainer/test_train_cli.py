@@ -136,13 +136,13 @@ def test_adapter_fields_are_trls_model_config_and_build_its_lora_config():
     from hsd.trainer.cli import peft_config
 
     script, _ = load_recipe(CONFIGS / "quickstart.yaml", LORA_FIELDS + ["--lora_dropout", "0.1"])
-    lora = peft_config(script)
+    lora = peft_config(script.model_config)
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, sorted(lora.target_modules)) == (
         4, 8, 0.1, ["q_proj", "v_proj"],
     )  # fmt: skip
     script, _ = load_recipe(CONFIGS / "smollm2-lora.yaml", [])
-    assert peft_config(script).target_modules == "all-linear" and script.model_config.use_peft
-    assert peft_config(load_recipe(CONFIGS / "quickstart.yaml", [])[0]) is None
+    assert peft_config(script.model_config).target_modules == "all-linear" and script.model_config.use_peft
+    assert peft_config(load_recipe(CONFIGS / "quickstart.yaml", [])[0].model_config) is None
 
 
 @pytest.mark.parametrize(
