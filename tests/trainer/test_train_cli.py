@@ -176,9 +176,11 @@ def test_asking_for_an_adapter_without_peft_names_the_extra(monkeypatch):
 
 
 @pytest.mark.slow
-def test_an_adapter_run_saves_the_adapter_and_the_merged_model_which_eval_loads(tiny_model_dir, tmp_path):
+def test_an_adapter_run_saves_the_adapter_and_the_merged_model_which_eval_and_analyze_load(
+    tiny_model_dir, tmp_path
+):
     """`hsd train --use_peft ... --merge_adapter`: final/ is the adapter (PeftModel.from_pretrained loads it,
-    the base named by the recipe), final/merged the same model merged; `hsd eval --model final` runs it."""
+    the base named by the recipe), final/merged the same model merged; `hsd eval` and `hsd analyze` run it."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -213,6 +215,10 @@ def test_an_adapter_run_saves_the_adapter_and_the_merged_model_which_eval_loads(
     assert main(["eval", "--model", str(final), "--dataset", str(data), "--k", "1", "--max-new-tokens", "4",
                  "--out", str(tmp_path / "eval"), "--quiet"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_done"] == 2
+    assert main(["analyze", "--model", str(final), "--dataset", str(data), "--problems", "2", "--group-size", "2",
+                 "--max-new-tokens", "4", "--min-failures", "1", "--verifier", "last-number", "--out",
+                 str(tmp_path / "credit"), "--quiet"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "credit" / "credit.json").read_text())["counts"]["problems"] == 2
 
 
 @pytest.mark.slow
