@@ -157,5 +157,8 @@ if __name__ == "__main__":
     results = {name: run(name, model_dir, out_path.parent / "runs", per_device) for name in names}
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         out_path.write_text(json.dumps(results, indent=1))
+    state.wait_for_everyone()
+    state.destroy_process_group()  # torn down before exit, not by the interpreter's shutdown
