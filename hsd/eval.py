@@ -269,7 +269,9 @@ def format_summary(summary: dict) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id, model directory, .gguf file, or 'smollm2'")
+    parser.add_argument("--model", required=True,
+                        help="hub id, model directory, .gguf file, 'smollm2', or an adapter directory (hsd train "
+                             "--use_peft's final/: its base is named inside)")  # fmt: skip
     parser.add_argument("--dataset", required=True,
                         help="path, short name (gsm8k, math500, aime24, aime25, humaneval, mbppplus), rg:NAME, "
                              "testbed:chain?variant=single")  # fmt: skip

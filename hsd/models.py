@@ -10,7 +10,7 @@ import importlib.util
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hsd.errors import MissingInputError, UserError
@@ -88,6 +88,7 @@ class ModelSource:
 
     pretrained: str
     gguf_file: str | None = None
+    adapter: str | None = None  # an adapter directory on top of the base model `pretrained` names
 
     @property
     def init_kwargs(self) -> dict:
@@ -98,9 +99,14 @@ class ModelSource:
 def resolve_model(name_or_path: str) -> ModelSource:
     """Turn a user's model argument into a `ModelSource` (alias, GGUF file, directory or hub id).
 
-    `testbed` (or `testbed:seed=1`) is the small pretrained testbed model: see `testbed_model`.
+    `testbed` (or `testbed:seed=1`) is the small pretrained testbed model: see `testbed_model`. An adapter
+    directory (`adapter_config.json`, as `hsd train` writes with `use_peft`) resolves to its base model, with
+    `adapter` set.
     """
     name = str(name_or_path)
+    base = adapter_base(Path(name).expanduser()) if Path(name).expanduser().is_dir() else None
+    if base is not None:
+        return replace(resolve_model(base), adapter=str(Path(name).expanduser().resolve()))
     if name == "testbed" or name.startswith("testbed:"):
         return ModelSource(str(testbed_model(name)))
     if name.lower().split("/")[-1] in SMOLLM2_ALIASES:  # an alias, alone or after an owner/
@@ -118,11 +124,49 @@ def resolve_model(name_or_path: str) -> ModelSource:
     return ModelSource(str(path.resolve()) if path.is_dir() else name)
 
 
+PEFT_EXTRA = 'pip install -e ".[peft]"  (or: pip install "peft>=0.21,<0.22")'
+
+
+def require_peft(what: str) -> None:
+    """Raise a one-line `UserError` naming the extra to install when peft is missing; `what` asked for it."""
+    if importlib.util.find_spec("peft") is None:
+        raise UserError(f"{what} needs the peft library, which is not installed: {PEFT_EXTRA}")
+
+
+def language_model(model):
+    """The transformers causal LM inside `model`: `model` itself, or the model an adapter wrapper (peft's
+    `PeftModel`) wraps. Its `base_model` is the decoder stack and `get_output_embeddings()` the LM head;
+    a `PeftModel`'s own `base_model` is the adapter tuner, whose output is the LM's, logits included."""
+    from accelerate.utils import is_peft_model
+
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: Path) -> str | None:
+    """The base model named in an adapter directory's `adapter_config.json`, or None when `path` is no
+    adapter directory."""
+    config = Path(path) / ADAPTER_CONFIG
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        raise UserError(f"{config}: not a JSON object") from None
+    if not base:
+        raise UserError(f"{config}: base_model_name_or_path is not set, so the base model is unknown")
+    return str(base)
+
+
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a model, with a pad token (set to eos when the model has none)."""
     from transformers import AutoTokenizer
 
     source = resolve_model(name_or_path)
+    if source.adapter and (Path(source.adapter) / "tokenizer_config.json").is_file():
+        source = ModelSource(source.adapter)  # the tokenizer the adapter was trained with
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **source.init_kwargs)
     except OSError as exc:  # not a directory, not a cached hub id (transformers says which)
@@ -133,7 +177,8 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
-    """A causal LM in eval mode, on `device` when given (GGUF weights are dequantized on load)."""
+    """A causal LM in eval mode, on `device` when given (GGUF weights are dequantized on load). An adapter
+    directory loads its base model and merges the adapter into it (`merge_and_unload`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -147,6 +192,11 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+    if source.adapter:
+        require_peft(f"model {name_or_path!r} (an adapter directory)")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -173,7 +173,7 @@ class LoadedModel:
     tokenizer: object
     device: str
     threads: int  # torch's CPU threads
-    path: str  # where the name or alias resolved to
+    path: str  # where the name or alias resolved to (an adapter: its directory)
 
     def info(self) -> dict:
         """The run's record of where the model came from and what it ran on."""
@@ -182,7 +182,8 @@ class LoadedModel:
 
 def problems_and_model(args: argparse.Namespace, limit: int | None) -> tuple[list[Problem], LoadedModel]:
     """What `hsd eval` and `hsd analyze` start from: at most `limit` problems of --dataset (--split,
-    --instruction, --seed), then --model (a hub id, a directory, a .gguf file or an alias) in eval mode on
+    --instruction, --seed), then --model (a hub id, a directory, a .gguf file, an alias, or an adapter
+    directory, merged into its base) in eval mode on
     --device (default: cuda when available), after `set_cpu_threads(--threads)`. The problems come first, so
     that a mistake in the data stops the command before any model loads."""
     from hsd.models import load_model, load_tokenizer, resolve_model
@@ -200,7 +201,8 @@ def problems_and_model(args: argparse.Namespace, limit: int | None) -> tuple[lis
     threads = set_cpu_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
-    return problems, LoadedModel(model, tokenizer, device, threads, resolve_model(args.model).pretrained)
+    source = resolve_model(args.model)
+    return problems, LoadedModel(model, tokenizer, device, threads, source.adapter or source.pretrained)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

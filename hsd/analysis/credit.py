@@ -27,6 +27,7 @@ from hsd.core.tau import (
     optimal_success_rate,
     silence_curve,
 )
+from hsd.models import language_model
 from hsd.sampling import SamplingSettings, VerifiedGroups, chat_prompt, progress_bar, sample_and_verify
 from hsd.tasks.problem import UNCOMPUTED, Problem
 from hsd.tasks.rewards import Verifier
@@ -387,7 +388,7 @@ def completion_logprobs(
         prefix_ids, prefix_mask = padded(distinct, left=True)
         completion_ids, completion_mask = padded([sequences[i][1] for i in batch], left=False)
         hidden_RTH = prefix_shared_hidden(
-            model.base_model,
+            language_model(model).base_model,
             prefix_ids.to(device),
             prefix_mask.to(device),
             torch.tensor(prefix_of_row, device=device),
@@ -396,7 +397,7 @@ def completion_logprobs(
         )
         keep_RT = completion_mask.bool().to(device)
         logps_N = chunked_token_logps(
-            hidden_RTH[keep_RT], completion_ids.to(device)[keep_RT], output_head(model),
+            hidden_RTH[keep_RT], completion_ids.to(device)[keep_RT], output_head(language_model(model)),
             temperature=temperature,
         ).cpu()  # fmt: skip
         start = 0

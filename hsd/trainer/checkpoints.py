@@ -214,26 +214,27 @@ def teacher_file(rank: int, sharded: bool) -> str:
 
 
 def save_hsd_state(
-    folder: Path, peer_draws: int, teacher=None, *, rank: int = 0, sharded: bool = False
+    folder: Path, peer_draws: int, teacher: list | None = None, *, rank: int = 0, sharded: bool = False
 ) -> None:
     """HSD's state beyond TRL's: the peer-draw counter (process 0) and, for an EMA / frozen teacher, its
-    weights: each parameter's locally held piece, by name (every process when sharded, else process 0)."""
+    weights (`teacher`: (name, parameter) pairs of a copy of the model or of the teacher adapter): each
+    parameter's locally held piece, by name (every process when sharded, else process 0)."""
     from safetensors.torch import save_file
 
-    from hsd.trainer.engines import local_pieces
+    from hsd.trainer.engines import local_piece
 
     folder = Path(folder)
     if rank == 0:
         (folder / STATE).write_text(json.dumps({"peer_draws": peer_draws}))
     if teacher is not None and (sharded or rank == 0):
-        names = [name for name, _ in teacher.named_parameters()]
-        pieces = {n: p.detach().contiguous().cpu() for n, p in zip(names, local_pieces(teacher), strict=True)}
+        pieces = {name: local_piece(p).detach().contiguous().cpu() for name, p in teacher}
         save_file(pieces, str(folder / teacher_file(rank, sharded)))
 
 
 @torch.no_grad()
-def load_hsd_state(folder: Path, teacher=None, *, rank: int = 0, sharded: bool = False) -> int:
-    """Restore the teacher's weights (when it has its own) and return the peer-draw counter."""
+def load_hsd_state(folder: Path, teacher: list | None = None, *, rank: int = 0, sharded: bool = False) -> int:
+    """Restore the teacher's weights (when it has its own: (name, parameter) pairs, as saved) and return the
+    peer-draw counter. Under FSDP2 the caller reshards the teacher's module first (`release_gathered`)."""
     from safetensors.torch import load_file
 
     from hsd.trainer import engines
@@ -248,12 +249,10 @@ def load_hsd_state(folder: Path, teacher=None, *, rank: int = 0, sharded: bool =
         if not path.is_file():
             raise CheckpointLoadError(f"{folder} has no {path.name}, which teacher_weights needs to resume")
         saved = load_file(str(path))
-        names = [name for name, _ in teacher.named_parameters()]
-        engines.release_gathered(teacher)  # FSDP2: no stale unsharded copy survives the load
-        for name, piece in zip(names, engines.local_pieces(teacher), strict=True):
+        for name, param in teacher:
+            piece = engines.local_piece(param)
             piece.copy_(saved[name].to(piece.device, piece.dtype))
-        if any(hasattr(p, "ds_tensor") for p in teacher.parameters()):
-            engines.regather_zero3(teacher)
+        engines.regather_zero3([param for _, param in teacher])
     return int(json.loads(state_file.read_text())["peer_draws"])
 
 

@@ -1,7 +1,8 @@
 """`hsd train --config FILE.yaml [--field value ...]`: a TRL-style YAML recipe plus command-line overrides.
 
-The YAML holds the script fields below (model, dataset, reward) and any `HSDConfig` / `GRPOConfig` field.
-An unknown field, a value of the wrong type or out of range is an error that names it (hsd.trainer.validate).
+The YAML holds the script fields below (model, dataset, reward), any `HSDConfig` / `GRPOConfig` field, and
+the adapter fields of TRL's `ModelConfig` (MODEL_CONFIG_FIELDS: `use_peft`, `lora_r`, ...). An unknown field,
+a value of the wrong type or out of range is an error that names it (hsd.trainer.validate).
 """
 
 from __future__ import annotations
@@ -59,6 +60,49 @@ class TrainScript:
             "help": "A longer prompt: refuse (stop, naming file and row) or truncate (drop its start)."
         },
     )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_peft: also write the base model with the adapter merged to final/merged."
+        },
+    )
+    # TRL's ModelConfig holding the recipe's MODEL_CONFIG_FIELDS (set by load_recipe; not a recipe field)
+    model_config: object = field(default=None, init=False, repr=False)
+
+
+# The fields of TRL's `ModelConfig` that `hsd train` takes: those `trl.get_peft_config` turns into a LoraConfig.
+MODEL_CONFIG_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                       "lora_target_parameters", "lora_modules_to_save", "lora_task_type", "use_rslora",
+                       "use_dora")  # fmt: skip
+
+
+def model_config(values: dict, where: str = ""):
+    """TRL's `ModelConfig` from a recipe's MODEL_CONFIG_FIELDS (typed and range-checked like every field;
+    one name may stand for a one-name list); `get_peft_config` of it is checked here too, so a mistake stops
+    the run before any model loads. Without `use_peft` the adapter fields are unused, which a warning says."""
+    from trl.trainer.model_config import ModelConfig  # not `from trl import`: that loads trl.trainer.utils
+
+    from hsd.trainer.validate import check_recipe
+
+    given = {k: v for k, v in values.items() if k in MODEL_CONFIG_FIELDS}
+    for name in ("lora_target_modules", "lora_target_parameters", "lora_modules_to_save"):
+        if isinstance(given.get(name), str):
+            given[name] = [given[name]]  # ModelConfig keeps a one-name list as that name ("all-linear")
+    try:
+        config = ModelConfig(**check_recipe(given, (ModelConfig,)))
+        if config.use_peft:
+            from hsd.models import require_peft
+
+            require_peft("use_peft: true")
+            peft_config(config)
+    except UserError as exc:
+        raise UserError(f"{where}{exc}") from None
+    except ValueError as exc:  # ModelConfig's and LoraConfig's own checks
+        raise UserError(f"{where}adapter fields: {' '.join(str(exc).split())}") from None
+    unused = sorted(set(given) - {"use_peft"})
+    if unused and not config.use_peft:
+        print(f"hsd: warning: {where}{', '.join(unused)} unused: use_peft is false", file=sys.stderr)
+    return config
 
 
 def parse_overrides(tokens: list[str]) -> dict:
@@ -80,9 +124,10 @@ def parse_overrides(tokens: list[str]) -> dict:
     return out
 
 
-def check_known_fields(values: dict, classes: tuple[type, ...], where: str = "") -> None:
-    """A `UserError` naming every key of `values` that is no init field of `classes`, with the closest one."""
-    known = {f.name for cls in classes for f in fields(cls) if f.init}
+def check_known_fields(values: dict, classes: tuple[type, ...], where: str = "", also: tuple = ()) -> None:
+    """A `UserError` naming every key of `values` that is no init field of `classes` nor one of `also`, with
+    the closest one."""
+    known = {f.name for cls in classes for f in fields(cls) if f.init} | set(also)
     unknown = sorted(set(values) - known)
     if unknown:
         hints = []
@@ -115,20 +160,26 @@ def load_recipe(config: str | Path | None, overrides: list[str] | dict | None = 
     values = read_recipe(config)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     where = f"{config}: " if config else ""
-    check_known_fields(values, (TrainScript, HSDConfig), where)
+    check_known_fields(values, (TrainScript, HSDConfig), where, also=MODEL_CONFIG_FIELDS)
     for key in ("model", "dataset"):
         if key not in values:
             raise UserError(f"{where}the recipe needs the field {key!r}")
+    adapter = model_config(values, where)
     try:
-        values = check_recipe(values, (TrainScript, HSDConfig))
+        values = check_recipe(values, (TrainScript, HSDConfig))  # keeps only these classes' fields
     except UserError as exc:
         raise UserError(f"{where}{exc}") from None
+    if values.get("merge_adapter") and not adapter.use_peft:
+        raise UserError(
+            f"{where}field 'merge_adapter': true needs use_peft: true (there is no adapter to merge)"
+        )
     values = {**RECIPE_DEFAULTS, **values}
     parser = HfArgumentParser((TrainScript, HSDConfig))
     try:
         script, args = parser.parse_dict(values, allow_extra_keys=False)
     except ValueError as exc:  # HSDConfig's and TRL's own checks of how fields combine
         raise UserError(f"{where}{' '.join(str(exc).split())}") from None
+    script.model_config = adapter
     return script, args
 
 
@@ -190,10 +241,32 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     )
     model = load_model(script.model)
     metrics = MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")
-    trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[metrics, *(callbacks or [])])  # fmt: skip
+    trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[metrics, *(callbacks or [])], peft_config=peft_config(script.model_config))  # fmt: skip
     trainer.run_lock = lock
+    name_base_model(trainer, script.model)
     return trainer
+
+
+def peft_config(model_config):
+    """The LoraConfig of a recipe's ModelConfig fields (TRL's `get_peft_config`), or None without use_peft."""
+    if model_config is None or not model_config.use_peft:
+        return None
+    from trl import get_peft_config
+
+    return get_peft_config(model_config)
+
+
+def name_base_model(trainer, model: str) -> None:
+    """Record the recipe's model (an alias, a hub id, a directory made absolute) as the base of the run's
+    adapters, so `hsd eval --model RUN/final` loads the right base (a GGUF's directory would not load)."""
+    from hsd.trainer.adapters import is_adapter_model
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if is_adapter_model(policy):
+        path = Path(model).expanduser()
+        for config in policy.peft_config.values():
+            config.base_model_name_or_path = str(path.resolve()) if path.exists() else model
 
 
 def write_recipe(out: Path, script: TrainScript, config) -> Path:
@@ -201,9 +274,25 @@ def write_recipe(out: Path, script: TrainScript, config) -> Path:
     run uses, and `filled_by_preset`, the fields the method preset filled (the others are the user's or
     defaults)."""
     path = out / RECIPE_FILE
-    recipe = {"script": vars(script), "config": config.to_dict(), "filled_by_preset": config.filled_by_preset}
-    path.write_text(json.dumps(recipe, indent=2, default=str))
+    script_fields = {k: v for k, v in vars(script).items() if k != "model_config"}
+    adapter = {k: getattr(script.model_config, k) for k in MODEL_CONFIG_FIELDS} if script.model_config else {}
+    record = {"script": script_fields, "model_config": adapter, "config": config.to_dict()}
+    record["filled_by_preset"] = config.filled_by_preset
+    path.write_text(json.dumps(record, indent=2, default=str))
     return path
+
+
+def save_merged(trainer, adapter_dir: Path) -> Path:
+    """`adapter_dir`/merged: the base model with the saved adapter merged into it, and the tokenizer (process
+    0 loads the base again, whatever engine trained the adapter)."""
+    from hsd.models import load_model, load_tokenizer
+
+    merged = adapter_dir / "merged"
+    if trainer.accelerator.is_main_process:
+        load_model(str(adapter_dir)).save_pretrained(merged)
+        load_tokenizer(str(adapter_dir)).save_pretrained(merged)
+    trainer.accelerator.wait_for_everyone()
+    return merged
 
 
 def close_reward_workers(trainer) -> None:
@@ -217,16 +306,22 @@ def close_reward_workers(trainer) -> None:
     close_shared_pools()
 
 
-def help_sources() -> list[tuple[str, type]]:
-    """(title, dataclass) pairs whose fields `hsd train --help` lists, in this order. HSDConfig's own fields
-    are listed by topic (`HELP_GROUPS`) before its TRL fields; another dataclass is one more pair."""
+def help_sources() -> list[tuple]:
+    """(title, dataclass[, the only fields to list]) whose fields `hsd train --help` lists, in this order.
+    HSDConfig's own fields are listed by topic (`HELP_GROUPS`) before its TRL fields."""
+    from trl.trainer.model_config import ModelConfig
+
     from hsd.trainer.config import HSDConfig
 
-    return [("recipe: model and data", TrainScript), ("TRL (GRPOConfig, TrainingArguments)", HSDConfig)]
+    return [
+        ("recipe: model and data", TrainScript),
+        ("adapter (TRL's ModelConfig; used with use_peft: true)", ModelConfig, MODEL_CONFIG_FIELDS),
+        ("TRL (GRPOConfig, TrainingArguments)", HSDConfig),
+    ]
 
 
 def fields_help(
-    sources: list[tuple[str, type]], groups: dict[str, tuple[str, ...]], defaults: dict | None = None
+    sources: list[tuple], groups: dict[str, tuple[str, ...]], defaults: dict | None = None
 ) -> str:
     """Every field of `sources` once, as argparse lists options, with its type, help and default (`defaults`
     replace the dataclass's): a field that `groups` (topic -> field names) names under its topic, the
@@ -235,11 +330,11 @@ def fields_help(
     topic_of = {name: topic for topic, names in groups.items() for name in names}
     listing = argparse.ArgumentParser(add_help=False, usage=argparse.SUPPRESS)
     listed: set[str] = set()
-    for title, cls in sources:
+    for title, cls, *only in sources:
         hints = typing.get_type_hints(cls)
         sections: dict[str, list] = {topic: [] for topic in groups} | {title: []}
         for f in fields(cls):
-            if f.init and f.name not in listed:
+            if f.init and f.name not in listed and (not only or f.name in only[0]):
                 listed.add(f.name)
                 sections[topic_of.get(f.name, title)].append(f)
         for topic, members in sections.items():
@@ -295,6 +390,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(out / "final"))
+        if script.merge_adapter:
+            save_merged(trainer, out / "final")
     except RunStopped as stopped:  # interrupted, non-finite, checkpoint errors: one line, no traceback
         print(f"hsd train: {stopped}", file=sys.stderr)
         return stopped.exit_status

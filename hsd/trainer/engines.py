@@ -67,18 +67,19 @@ def check_copy_supported(accelerator, field: str, value: str) -> None:
         )
 
 
+def local_piece(param: torch.nn.Parameter) -> torch.Tensor:
+    """The locally held part of a parameter: the ZeRO-3 partition `ds_tensor`, the FSDP2 DTensor's local
+    shard, or (no engine, DDP, ZeRO-0/1/2) the parameter itself."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor
+    if hasattr(param, "to_local"):
+        return param.to_local()
+    return param.data
+
+
 def local_pieces(module: torch.nn.Module) -> list[torch.Tensor]:
-    """The locally held part of each parameter, in `parameters()` order: the ZeRO-3 partition `ds_tensor`,
-    the FSDP2 DTensor's local shard, or (no engine, DDP, ZeRO-0/1/2) the parameter itself."""
-    pieces = []
-    for param in module.parameters():
-        if hasattr(param, "ds_tensor"):
-            pieces.append(param.ds_tensor)
-        elif hasattr(param, "to_local"):
-            pieces.append(param.to_local())
-        else:
-            pieces.append(param.data)
-    return pieces
+    """`local_piece` of each parameter, in `parameters()` order."""
+    return [local_piece(param) for param in module.parameters()]
 
 
 def release_gathered(module: torch.nn.Module) -> None:
@@ -91,12 +92,15 @@ def release_gathered(module: torch.nn.Module) -> None:
             sub.reshard()
 
 
-def regather_zero3(module: torch.nn.Module) -> None:
-    """ZeRO-3: after partitions were written, free any gathered copy and rebuild the persistent (always
-    gathered) parameters from their partitions, as DeepSpeed does after an optimizer step."""
+def regather_zero3(params: list[torch.nn.Parameter]) -> None:
+    """ZeRO-3: after partitions of `params` were written, free any gathered copy and rebuild the persistent
+    (always gathered) parameters from their partitions, as DeepSpeed does after an optimizer step. Parameters
+    that are not partitioned are left alone."""
+    params = [p for p in params if hasattr(p, "ds_tensor")]
+    if not params:
+        return
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    params = [p for p in module.parameters() if hasattr(p, "ds_tensor")]
     gathered = [p for p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
     if gathered:
         gathered[0].partition(gathered)
@@ -111,15 +115,21 @@ def blend_into(target: torch.nn.Module, source: torch.nn.Module, decay: float) -
 
     Both modules must be the same architecture prepared by the same engine (identically split)."""
     release_gathered(target)
-    targets, sources = local_pieces(target), local_pieces(source)
-    if [t.shape for t in targets] != [s.shape for s in sources]:
+    blend_params(list(target.parameters()), list(source.parameters()), decay)
+
+
+@torch.no_grad()
+def blend_params(targets: list[torch.nn.Parameter], sources: list[torch.nn.Parameter], decay: float) -> None:
+    """Each target <- decay * target + (1 - decay) * its source, on the local pieces; each pair must be
+    split alike (one parameter of two identically prepared copies, or of two adapters of one model)."""
+    target_pieces, source_pieces = [local_piece(p) for p in targets], [local_piece(p) for p in sources]
+    if [t.shape for t in target_pieces] != [s.shape for s in source_pieces]:
         raise RuntimeError(
             "the copy of the policy is not split like the policy; cannot update it shard by shard"
         )
-    for t, s in zip(targets, sources, strict=True):
+    for t, s in zip(target_pieces, source_pieces, strict=True):
         t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1.0 - decay)
-    if any(hasattr(p, "ds_tensor") for p in target.parameters()):
-        regather_zero3(target)
+    regather_zero3(targets)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 
 from hsd.core.distill import DistillTerms, distill_terms
 from hsd.core.head import output_head
+from hsd.models import language_model
 from hsd.teacher.prefix import prefix_shared_hidden
 
 
@@ -47,7 +48,9 @@ class PrefixSpec:
 
 
 class HSDForward:
-    """`model.forward` with three call modes added (the model's own forward, unchanged, otherwise):
+    """`model.forward` with three call modes added (the model's own forward, unchanged, otherwise). Installed
+    on the outermost model (a peft `PeftModel` too): the modes reach the decoder stack and the LM head through
+    `hsd.models.language_model`, so an adapter in the layers is applied as it is switched (on, off, another):
 
     - `model(input_ids, attention_mask, hsd_hidden=T)` -> final hidden states at the T positions that predict
       the last T tokens, [B, T, H] (the teacher pass).
@@ -73,7 +76,7 @@ class HSDForward:
     ):
         if hsd_hidden is None and hsd_distill is None and hsd_prefix is None:
             return self.inner(*args, **kwargs)
-        backbone, prefix = self.model.base_model, hsd_prefix
+        backbone, prefix = language_model(self.model).base_model, hsd_prefix
         if prefix is not None:
             ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
             return prefix_shared_hidden(
@@ -88,12 +91,13 @@ class HSDForward:
         """The terms at `spec.positions` from the student pass's hidden states and the model's output head
         (soft-capped where the config says so)."""
         T = spec.completion_ids.size(1)
-        dtype = self.model.get_output_embeddings().weight.dtype
+        lm = language_model(self.model)
+        dtype = lm.get_output_embeddings().weight.dtype
         return distill_terms(
             spec.teacher_hidden[spec.positions].to(dtype),
             hidden_BSH[:, -T - 1 : -1][spec.positions].to(dtype),
             spec.completion_ids[spec.positions],
-            output_head(self.model),
+            output_head(lm),
             kind=spec.kind,
             temperature=spec.temperature,
             teacher_temperature=spec.teacher_temperature,

@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -28,12 +28,21 @@ from hsd.core.head import chunked_token_logps, output_head
 from hsd.core.losses import aggregate, reference_kl, rlsd_advantages, rlsd_token_weights
 from hsd.core.plan import GroupStatistics, TeacherPlan, plan_teachers
 from hsd.core.positions import distill_position_mask, rollout_regions
+from hsd.models import language_model, require_peft
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
 from hsd.teacher.prompt import teacher_input_ids
 from hsd.trainer import checkpoints, guards
+from hsd.trainer.adapters import (
+    AdapterTeacher,
+    active_adapter,
+    check_adapter_supported,
+    is_adapter_model,
+    teacher_pairs,
+)
 from hsd.trainer.config import HSDConfig
 from hsd.trainer.engines import (
     blend_into,
+    blend_params,
     broadcast_from_rank0,
     check_copy_supported,
     check_engine_launched,
@@ -41,6 +50,7 @@ from hsd.trainer.engines import (
     gathers_parameters,
     new_copy,
     prepare_copy,
+    release_gathered,
     teacher_stop_gradient,
 )
 from hsd.trainer.forward import DistillSpec, PrefixSpec, install_hsd_forward
@@ -140,12 +150,25 @@ class _EMATeacherCallback(TrainerCallback):
         self.trainer._update_ema_teacher()
 
 
+class _RestoreHSDState(TrainerCallback):
+    """When training begins (the engine has prepared the model and TRL's checkpoint is loaded), restore HSD's
+    state from the checkpoint being resumed: the teacher's weights, split as the engine splits them now."""
+
+    def __init__(self, trainer: HSDTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._restore_hsd_state()
+
+
 class HSDTrainer(GRPOTrainer):
     """GRPOTrainer + Hindsight Self-Distillation. Pass an `HSDConfig`; everything else is as in TRL."""
 
     _tag_names = ["trl", "grpo", "hsd"]
 
     def __init__(self, model, reward_funcs=None, args: HSDConfig | None = None, train_dataset=None, **kwargs):
+        """As `GRPOTrainer`, `peft_config` included: an adapter run's teachers and reference are the adapter
+        switched off or a second adapter, never a copy of the model (`hsd.trainer.adapters`)."""
         if args is None:
             args = HSDConfig(output_dir="hsd-output")
         if not isinstance(args, HSDConfig):
@@ -167,9 +190,14 @@ class HSDTrainer(GRPOTrainer):
                 f if isinstance(f, (str, torch.nn.Module)) or not callable(f) else _guard_reward_func(f)
                 for f in funcs
             ]
+        if kwargs.get("peft_config") is not None:
+            require_peft("HSDTrainer(peft_config=...)")
+        adapter = kwargs.get("peft_config") is not None or is_adapter_model(model)
         # TRL rebuilds the reference policy from the model's hub id / path; an in-memory model has none, so
-        # the reference is copied from it here instead (same weights: pi_0 is the policy at the start).
-        beta, copy_reference = args.beta, args.beta != 0.0 and not isinstance(model, str)
+        # the reference is copied from it here instead (same weights: pi_0 is the policy at the start). With
+        # an adapter, TRL's reference is the adapter switched off (or its copy): no model copy.
+        beta = args.beta
+        copy_reference = beta != 0.0 and not isinstance(model, str) and not adapter
         if copy_reference:
             args.beta = 0.0
         super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
@@ -183,8 +211,11 @@ class HSDTrainer(GRPOTrainer):
             )
         install_hsd_forward(self.model)
         policy = self.accelerator.unwrap_model(self.model)
-        self._prefix_refusal = shared_prefix_refusal(policy.config)  # the teacher copies share its config
-        if args.needs_teacher and (line := fallback_line(policy, args)):
+        if is_adapter_model(policy):
+            check_adapter_supported(policy)
+        lm = language_model(policy)
+        self._prefix_refusal = shared_prefix_refusal(lm.config)  # the teacher copies share its config
+        if args.needs_teacher and (line := fallback_line(lm, args)):
             logger.warning(line)
         self._peer_draws = 0
         self._phase = defaultdict(float)
@@ -192,10 +223,16 @@ class HSDTrainer(GRPOTrainer):
         self.last_peers: list[int | None] | None = None
         self.last_contexts: list | None = None
         self.teacher_model = None  # None: the live policy under stop-gradient (the paper's choice)
+        self.adapter_teacher: AdapterTeacher | None = None  # an adapter run's frozen / EMA teacher
         if args.needs_teacher and args.teacher_weights != "live":
-            self.teacher_model = self._copy_policy("teacher_weights")
+            if is_adapter_model(policy):
+                self.adapter_teacher = AdapterTeacher.build(policy, args.teacher_weights)
+            else:
+                self.teacher_model = self._copy_policy("teacher_weights")
             if args.teacher_weights == "ema":
                 self.add_callback(_EMATeacherCallback(self))
+        self._resume_from: str | None = None
+        self.add_callback(_RestoreHSDState(self))
         self._attach_run_guards()
 
     # ------------------------------------------------------------------- signals, checkpoints, non-finite
@@ -208,8 +245,25 @@ class HSDTrainer(GRPOTrainer):
         self.add_callback(self._stop_on_signal)
         self.add_callback(guards.FiniteWeightsCheck(self))
 
-    def _own_teacher(self):
-        return None if self.teacher_model is None else self.accelerator.unwrap_model(self.teacher_model)
+    def _teacher_parameters(self) -> list | None:
+        """The (name, parameter) pairs of the teacher's own weights (a frozen / EMA copy or teacher adapter),
+        which a checkpoint holds; None for a teacher without weights of its own (live, adapter off)."""
+        unwrap = self.accelerator.unwrap_model
+        if self.teacher_model is not None:
+            return list(unwrap(self.teacher_model).named_parameters())
+        if self.adapter_teacher is not None:
+            return self.adapter_teacher.parameters(unwrap(self.model))
+        return None
+
+    def _restore_hsd_state(self) -> None:
+        """Peer draws and teacher weights from the checkpoint `train` resumes (nothing when it starts)."""
+        if self._resume_from is None:
+            return
+        owner = self.teacher_model if self.teacher_model is not None else self.model
+        release_gathered(self.accelerator.unwrap_model(owner))  # FSDP2: no stale unsharded copy survives
+        self._peer_draws = checkpoints.load_hsd_state(
+            self._resume_from, self._teacher_parameters(), **self._teacher_layout()
+        )
 
     def _teacher_layout(self) -> dict:
         return dict(rank=self.accelerator.process_index, sharded=gathers_parameters(self.accelerator))
@@ -221,10 +275,7 @@ class HSDTrainer(GRPOTrainer):
         if self.accelerator.is_main_process:
             checkpoints.remove_staging(run_dir)
         resume = checkpoints.resolve_resume(resume_from_checkpoint, run_dir)
-        if resume is not None:
-            self._peer_draws = checkpoints.load_hsd_state(
-                resume, self._own_teacher(), **self._teacher_layout()
-            )
+        self._resume_from = resume  # restored when training begins (_RestoreHSDState)
         self._stop_on_signal.install()
         try:
             output = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
@@ -256,7 +307,7 @@ class HSDTrainer(GRPOTrainer):
             checkpoints.save_hsd_state(
                 staging / f"checkpoint-{step}",
                 self._peer_draws,
-                self._own_teacher(),
+                self._teacher_parameters(),
                 **self._teacher_layout(),
             )
         self._last_checkpoint = str(Path(run_dir) / f"checkpoint-{step}")
@@ -303,9 +354,22 @@ class HSDTrainer(GRPOTrainer):
         return copy
 
     def _update_ema_teacher(self) -> None:
-        """teacher <- decay * teacher + (1 - decay) * policy, on each process's shards."""
-        unwrap = self.accelerator.unwrap_model
-        blend_into(unwrap(self.teacher_model), unwrap(self.model), decay=self.args.teacher_ema_decay)
+        """teacher <- decay * teacher + (1 - decay) * policy, on each process's shards (an adapter run: the
+        teacher adapter from the trained adapter, nothing else)."""
+        unwrap, decay = self.accelerator.unwrap_model, self.args.teacher_ema_decay
+        if self.adapter_teacher is None:
+            blend_into(unwrap(self.teacher_model), unwrap(self.model), decay=decay)
+            return
+        policy = unwrap(self.model)
+        release_gathered(policy)
+        blend_params(*teacher_pairs(policy), decay=decay)
+
+    def _teacher_weights(self):
+        """The context of the teacher pass that selects its weights: an adapter run's teacher adapter (or
+        the adapter off); otherwise nothing to switch (the live policy or the teacher copy runs)."""
+        if self.adapter_teacher is None:
+            return nullcontext()
+        return active_adapter(self.accelerator.unwrap_model(self.model), self.adapter_teacher.adapter)
 
     @contextmanager
     def _timed(self, phase: str):
@@ -466,7 +530,7 @@ class HSDTrainer(GRPOTrainer):
             attention_mask=torch.cat([output["prompt_mask"], mask], dim=1),
             hsd_hidden=ids.size(1),
         )
-        head = output_head(self.accelerator.unwrap_model(self.model))
+        head = output_head(language_model(self.accelerator.unwrap_model(self.model)))
         logp = chunked_token_logps(
             hidden.reshape(-1, hidden.size(-1)), ids.reshape(-1), head, temperature=self.temperature
         ).view_as(ids.float())
@@ -498,7 +562,7 @@ class HSDTrainer(GRPOTrainer):
         run = index if len(index) else torch.zeros(1, dtype=torch.long, device=rows.device)
         shared = args.teacher_prefix_cache and self._prefix_refusal is None
         stop_gradient = teacher_stop_gradient(self.accelerator, args.teacher_inference_mode)
-        with stop_gradient(), self._timed("teacher"):
+        with stop_gradient(), self._timed("teacher"), self._teacher_weights():
             if shared:
                 prefix_ids, prefix_mask, prefix_of_row = distinct_prefixes(
                     inputs["teacher_prompt_ids"][run], inputs["teacher_prompt_mask"][run]

@@ -38,13 +38,13 @@ RULES: dict[str, Rule] = {
         ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
          "max_completion_length", "max_prompt_length", "dataset_limit", "max_peer_tokens", "divergence_topk",
          "divergence_chunk_size", "num_iterations", "steps_per_generation", "generation_batch_size",
-         "reward_workers", "save_total_limit"),
+         "reward_workers", "save_total_limit", "lora_r"),
         POSITIVE_INT,
     ),
     "num_generations": Rule(lambda v: v >= 2, "a whole number >= 2 (a group needs peers)"),
     **dict.fromkeys(
         ("learning_rate", "temperature", "num_train_epochs", "math_timeout", "code_timeout", "logging_steps",
-         "save_steps", "eval_steps", "repetition_penalty", "adam_epsilon"),
+         "save_steps", "eval_steps", "repetition_penalty", "adam_epsilon", "lora_alpha"),
         POSITIVE,
     ),
     **dict.fromkeys(
@@ -53,7 +53,8 @@ RULES: dict[str, Rule] = {
         NON_NEGATIVE,
     ),
     **dict.fromkeys(
-        ("divergence_alpha", "rlsd_lambda", "max_uncomputed_reward_fraction", "min_p", "top_entropy_quantile"),
+        ("divergence_alpha", "rlsd_lambda", "max_uncomputed_reward_fraction", "min_p", "top_entropy_quantile",
+         "lora_dropout"),
         PROBABILITY,
     ),
     **dict.fromkeys(("teacher_ema_decay", "adam_beta1", "adam_beta2"), HALF_OPEN),

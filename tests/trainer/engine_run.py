@@ -4,7 +4,9 @@ usage: accelerate launch [--config_file CPU_ADAPTED.yaml | --cpu] engine_run.py 
        NAME [NAME ...]        (NAME: a key of RUNS; under an FSDP config the CPU helper cpu_fsdp is enabled)
 
 Per run: the engine that ran, how many parameter values this process holds against the full count (policy,
-and the teacher / reference copy where there is one), loss and grad norm of steps 1 and 2, and the peers.
+and the teacher / reference copy where there is one), loss and grad norm of steps 1 and 2, and the peers. A
+`lora_*` run trains a LoRA adapter (LORA) with that teacher; an EMA one also reports its teacher adapter as
+this process holds it: values held, and whether they differ from the trained adapter's and from the start.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ RUNS = {
     "ema": dict(method="hsd", teacher_weights="ema", teacher_ema_decay=0.5),
     "paper": {},
     "use_cpu": dict(method="hsd", use_cpu=True),  # under an FSDP launch: refused (FSDP would not run)
+    "lora_live": dict(method="hsd"),
+    "lora_frozen": dict(method="hsd", teacher_weights="frozen"),
+    "lora_ema": dict(method="hsd", teacher_weights="ema", teacher_ema_decay=0.5),
+    "lora_beta": dict(method="hsd", beta=1e-3),  # the KL reference: the adapter switched off
 }
+LORA = dict(r=4, target_modules=["q_proj", "v_proj"])
 
 
 def paper_args(model_dir, output_dir, use_cpu: bool, **sizes):
@@ -80,6 +87,25 @@ class StepPeers(TrainerCallback):
         self.peers.append(self.trainer.last_peers)
 
 
+def ema_adapter(trainer) -> dict | None:
+    """An EMA teacher adapter as this process holds it: values held, and whether they differ from the trained
+    adapter's and whether its B matrices (all zero at the start) moved."""
+    from hsd.trainer.adapters import TEACHER_ADAPTER, adapter_parameters, teacher_pairs
+    from hsd.trainer.engines import local_piece
+
+    if trainer.adapter_teacher is None or trainer.adapter_teacher.adapter is None:
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    teacher, policy = teacher_pairs(model)
+    t, p = [local_piece(x) for x in teacher], [local_piece(x) for x in policy]
+    b = [local_piece(x) for n, x in adapter_parameters(model, TEACHER_ADAPTER) if "lora_B" in n]
+    return dict(
+        values=sum(x.numel() for x in t),
+        differs_from_trained=any(not a.equal(c) for a, c in zip(t, p, strict=True)),
+        moved=any(x.count_nonzero() > 0 for x in b),
+    )
+
+
 def run(name: str, model_dir: str, out_dir: Path, per_device: int) -> dict:
     from hsd import HSDConfig, HSDTrainer
     from hsd.trainer.engines import engine_name
@@ -93,6 +119,11 @@ def run(name: str, model_dir: str, out_dir: Path, per_device: int) -> dict:
             output_dir=str(out_dir / name), **{**TRAINER_ARGS, "use_cpu": use_cpu, **RUNS[name], **sizes}
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    peft_config = None
+    if name.startswith("lora_"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**LORA)
     trainer = HSDTrainer(
         AutoModelForCausalLM.from_pretrained(model_dir),
         reward_funcs=exact_answer_reward,
@@ -100,6 +131,7 @@ def run(name: str, model_dir: str, out_dir: Path, per_device: int) -> dict:
         train_dataset=arithmetic_dataset(4),
         processing_class=tokenizer,
         rollout_func=make_rollout_func(tokenizer),
+        peft_config=peft_config,
     )
     peers = StepPeers(trainer)
     trainer.add_callback(peers)
@@ -116,6 +148,7 @@ def run(name: str, model_dir: str, out_dir: Path, per_device: int) -> dict:
         grad_norm=[h["grad_norm"] for h in logs],
         peers=peers.peers,
         beta=trainer.beta,
+        ema_adapter=ema_adapter(trainer),
     )
 
 
@@ -124,5 +157,8 @@ if __name__ == "__main__":
     results = {name: run(name, model_dir, out_path.parent / "runs", per_device) for name in names}
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         out_path.write_text(json.dumps(results, indent=1))
+    state.wait_for_everyone()
+    state.destroy_process_group()  # torn down before exit, not by the interpreter's shutdown

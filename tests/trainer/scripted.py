@@ -72,11 +72,14 @@ def scripted_trainer(
     reward_funcs=exact_answer_reward,
     train_dataset=None,
     callbacks=None,
+    peft_config=None,
+    model=None,
     **overrides,
 ):
     """A trainer (HSDTrainer unless `cls`) on the model in `model_dir` with scripted rollouts, the exact-answer
     reward and `arithmetic_dataset(4)`: 4 questions x 4 rollouts, one group without a success (0+..) and one
-    where all succeed (3+..). `overrides` replace fields of TRAINER_ARGS."""
+    where all succeed (3+..). `overrides` replace fields of TRAINER_ARGS; `peft_config` (a peft config) makes it
+    an adapter run; `model` replaces the model loaded from `model_dir`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hsd import HSDConfig, HSDTrainer
@@ -84,11 +87,12 @@ def scripted_trainer(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     args = (config_cls or HSDConfig)(output_dir=str(output_dir), **{**TRAINER_ARGS, **overrides})
     return (cls or HSDTrainer)(
-        AutoModelForCausalLM.from_pretrained(model_dir),
+        AutoModelForCausalLM.from_pretrained(model_dir) if model is None else model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=arithmetic_dataset(4) if train_dataset is None else train_dataset,
         processing_class=tokenizer,
         rollout_func=make_rollout_func(tokenizer),
         callbacks=callbacks,
+        peft_config=peft_config,
     )

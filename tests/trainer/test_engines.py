@@ -4,7 +4,9 @@ gradient norms and peers of a 1-process run on the same batch and seed.
 
 The launch configs are configs/accelerate/*.yaml with only the device settings changed for this machine
 (2 processes, no bf16, DeepSpeed on CPU); the `paper` run is configs/qwen3-8b-paper.yaml's trainer fields
-(beta 1e-3, its AdamW, gradient checkpointing) on the tiny model. engine_run.py trains the runs in sequence.
+(beta 1e-3, its AdamW, gradient checkpointing) on the tiny model; `lora_*` train a LoRA adapter with each
+teacher kind (`lora_beta`: the KL reference is the adapter switched off). engine_run.py trains the runs in
+sequence.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from cpu_fsdp import cpu_config
 HERE = Path(__file__).parent
 CONFIGS = HERE.parents[1] / "configs" / "accelerate"
 RUN = HERE / "engine_run.py"
-ALL_RUNS = ["grpo", "live", "frozen", "ema", "paper"]
+LORA_RUNS = ["lora_live", "lora_frozen", "lora_ema", "lora_beta"]
+ALL_RUNS = ["grpo", "live", "frozen", "ema", "paper", *LORA_RUNS]
 
 # engine -> (shipped config, its deepspeed_config changes, runs, engine name)
 ENGINES = {
     "fsdp2": ("fsdp2.yaml", {}, ALL_RUNS, "FSDP2"),
-    "zero3": ("deepspeed_zero3.yaml", {}, ["live", "frozen", "ema", "paper"], "DeepSpeed ZeRO-3"),
+    "zero3": ("deepspeed_zero3.yaml", {}, ["live", "frozen", "ema", "paper", *LORA_RUNS], "DeepSpeed ZeRO-3"),
     "zero2": (
         "deepspeed_zero3.yaml",
         {"zero_stage": 2, "zero3_init_flag": False},
-        ["live"],
+        ["live", *LORA_RUNS],
         "DeepSpeed ZeRO-2",
     ),
 }
@@ -64,6 +67,8 @@ def test_one_process_reference_is_sensitive(one_process):
     frozen, ema, live = (one_process[k]["loss"][1] for k in ("frozen", "ema", "live"))
     assert len({frozen, ema, live}) == 3
     assert one_process["paper"]["beta"] == 1e-3 and one_process["paper"]["copy_values"] is not None
+    lora = [one_process[k]["loss"][1] for k in LORA_RUNS]
+    assert len(set(lora)) == 4 and all(one_process[k]["copy_values"] is None for k in LORA_RUNS)
 
 
 @pytest.mark.slow
@@ -88,6 +93,11 @@ def test_two_sharded_processes_match_one_process(engine, one_process, tiny_model
         # GRPO's loss on scripted on-policy rollouts is ~1e-8 (advantages cancel): compare it absolutely.
         tolerance = dict(abs=1e-6) if run == "grpo" else dict(rel=1e-3)
         assert got["loss"] == pytest.approx(want["loss"], **tolerance), run
+        if run == "lora_ema":  # the EMA adapter, as this process holds it: real values, updated
+            ema = got["ema_adapter"]
+            assert 0 < ema["values"], run
+            assert ema["values"] < want["ema_adapter"]["values"] or engine == "zero2", (run, "not split")
+            assert ema["differs_from_trained"] and ema["moved"], run
 
 
 def test_fsdp_config_that_would_not_run_fsdp_fails_at_start(tiny_model_dir, tmp_path):

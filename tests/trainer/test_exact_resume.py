@@ -82,3 +82,25 @@ def test_resume_reproduces_every_grpo_loss(tiny_model_dir, tmp_path):
     expected = losses(whole)
     assert any(v != 0 for v in expected.values())
     assert losses(resumed) == expected
+
+
+@pytest.mark.parametrize("teacher", ["ema", "frozen"])
+def test_resume_reproduces_every_loss_of_an_adapter_run(tiny_model_dir, tmp_path, teacher):
+    """LoRA: the checkpoint holds the adapter (TRL's), the EMA teacher adapter (HSD's state) and the rest;
+    a frozen teacher is the adapter switched off, so it needs nothing saved."""
+    from peft import LoraConfig
+    from safetensors import safe_open
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    whole, first, resumed, _ = uninterrupted_and_resumed(
+        tiny_model_dir, tmp_path, teacher_weights=teacher, peft_config=lora
+    )
+    checkpoint = tmp_path / "split" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    assert (checkpoint / TEACHER).is_file() == (teacher == "ema")
+    if teacher == "ema":
+        with safe_open(str(checkpoint / TEACHER), framework="pt") as saved:
+            assert saved.keys() and all(".hsd_teacher." in name for name in saved.keys())
+    expected = losses(whole)
+    assert len(set(expected.values())) > 1
+    assert losses(resumed) == expected

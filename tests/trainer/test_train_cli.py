@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from trl import GRPOConfig
 
 from hsd.cli import main as hsd_main
-from hsd.trainer.cli import TrainScript, fields_help, help_sources, load_recipe
+from hsd.trainer.cli import MODEL_CONFIG_FIELDS, TrainScript, fields_help, help_sources, load_recipe
 from hsd.trainer.config import HELP_GROUPS, HSDConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -101,6 +102,7 @@ def test_train_help_lists_every_field_by_group_with_help_and_default(capsys):
     assert titles == [
         "options",
         "recipe: model and data",
+        "adapter (TRL's ModelConfig; used with use_peft: true)",
         *HELP_GROUPS,
         "TRL (GRPOConfig, TrainingArguments)",
     ]
@@ -112,6 +114,8 @@ def test_train_help_lists_every_field_by_group_with_help_and_default(capsys):
     assert "(default: 'runs/hsd')" in entries["output_dir"]  # hsd train's default, not TrainingArguments'
     assert "(default: None)" in entries["epsilon_high"] and "preset" in entries["epsilon_high"]
     every = [f.name for cls in (TrainScript, HSDConfig) for f in fields(cls) if f.init]
+    every += MODEL_CONFIG_FIELDS
+    assert "(default: 16)" in entries["lora_r"] and "(default: False)" in entries["use_peft"]
     assert sorted(entries) == sorted(["config", *every])  # each field once
     assert len(re.findall(r"^  --", text, re.M)) == len(every) + 1
 
@@ -124,11 +128,11 @@ def test_every_own_hsd_field_has_one_help_group():
 
 def test_one_more_dataclass_is_one_more_help_group():
     @dataclass
-    class Adapter:
-        lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    class Rollouts:
+        engine_rank: int = field(default=16, metadata={"help": "A rank."})
 
-    text = fields_help([*help_sources(), ("model/adapter", Adapter)], HELP_GROUPS)
-    assert " ".join(text.split()).endswith("model/adapter: --lora_r INT LoRA rank. (default: 16)")
+    text = fields_help([*help_sources(), ("rollouts", Rollouts)], HELP_GROUPS)
+    assert " ".join(text.split()).endswith("rollouts: --engine_rank INT A rank. (default: 16)")
 
 
 def test_missing_config_file_is_named(tmp_path):
@@ -181,3 +185,123 @@ def test_hsd_train_runs_the_quickstart_recipe_and_writes_metrics(tiny_model_dir,
     } <= tags
     assert (out / "final" / "model.safetensors").exists()
     assert json.loads((out / "recipe.json").read_text())["config"]["method"] == "hsd"
+
+
+LORA_FIELDS = [
+    "--use_peft",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+    "--lora_target_modules",
+    "[q_proj, v_proj]",
+]
+
+
+def test_adapter_fields_are_trls_model_config_and_build_its_lora_config():
+    """TRL's ModelConfig fields on the command line, turned into a LoraConfig by trl.get_peft_config."""
+    from hsd.trainer.cli import peft_config
+
+    script, _ = load_recipe(CONFIGS / "quickstart.yaml", LORA_FIELDS + ["--lora_dropout", "0.1"])
+    lora = peft_config(script.model_config)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, sorted(lora.target_modules)) == (
+        4, 8, 0.1, ["q_proj", "v_proj"],
+    )  # fmt: skip
+    script, _ = load_recipe(CONFIGS / "smollm2-lora.yaml", [])
+    assert peft_config(script.model_config).target_modules == "all-linear" and script.model_config.use_peft
+    assert peft_config(load_recipe(CONFIGS / "quickstart.yaml", [])[0].model_config) is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--lora_r", "0"], "field 'lora_r': 0 is not allowed; it must be a whole number >= 1"),
+        (["--lora_dropout", "1.5"], "field 'lora_dropout': 1.5 is not allowed; it must be a probability"),
+        (["--lora_task_type", "FOO"], "adapter fields: Invalid task type: 'FOO'"),
+        (["--merge_adapter"], "'merge_adapter': true needs use_peft: true"),
+        (["--lora_alhpa", "4"], r"'lora_alhpa' \(did you mean 'lora_alpha'\?\)"),
+    ],
+)
+def test_adapter_mistakes_are_one_line_before_any_model_loads(overrides, message):
+    args = overrides if overrides[0] == "--merge_adapter" else ["--use_peft", *overrides]
+    with pytest.raises(ValueError, match=message) as error:
+        load_recipe(CONFIGS / "quickstart.yaml", args)
+    assert "\n" not in str(error.value)
+
+
+def test_asking_for_an_adapter_without_peft_names_the_extra(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "peft" else find_spec(name, *a)
+    )
+    with pytest.raises(
+        ValueError, match=r'use_peft: true needs the peft library.*pip install -e "\.\[peft\]"'
+    ):
+        load_recipe(CONFIGS / "quickstart.yaml", ["--use_peft"])
+
+
+@pytest.mark.slow
+def test_an_adapter_run_saves_the_adapter_and_the_merged_model_which_eval_and_analyze_load(
+    tiny_model_dir, tmp_path
+):
+    """`hsd train --use_peft ... --merge_adapter`: final/ is the adapter (PeftModel.from_pretrained loads it,
+    the base named by the recipe), final/merged the same model merged; `hsd eval` and `hsd analyze` run it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hsd.cli import main
+    from hsd.models import load_model
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--model", str(tiny_model_dir),
+                 "--max_steps", "1", "--output_dir", str(out), "--per_device_train_batch_size", "8",
+                 "--max_completion_length", "8", "--report_to", "none", "--reward_workers", "1",
+                 "--save_strategy", "no", "--learning_rate", "0.05", *LORA_FIELDS, "--merge_adapter"]) == 0  # fmt: skip
+    final = out / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_model_dir.resolve()
+    )
+    assert not (final / "model.safetensors").exists() and (final / "merged" / "model.safetensors").is_file()
+    ids = torch.arange(3, 20)[None]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        before = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, final)(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(final / "merged")(ids).logits
+        loaded = load_model(str(final))(ids).logits
+    assert not torch.allclose(adapted, before, atol=1e-4)  # the adapter was trained
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded, adapted, rtol=1e-4, atol=1e-5)
+    data = tmp_path / "sums.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"{a}+1?", "answer": str(a + 1)}) + "\n" for a in range(2))
+    )
+    assert main(["eval", "--model", str(final), "--dataset", str(data), "--k", "1", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_done"] == 2
+    assert main(["analyze", "--model", str(final), "--dataset", str(data), "--problems", "2", "--group-size", "2",
+                 "--max-new-tokens", "4", "--min-failures", "1", "--verifier", "last-number", "--out",
+                 str(tmp_path / "credit"), "--quiet"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "credit" / "credit.json").read_text())["counts"]["problems"] == 2
+
+
+@pytest.mark.slow
+def test_hsd_train_runs_the_smollm2_lora_recipe(tmp_path):
+    """The shipped adapter recipe (SmolLM2-135M, LoRA on every linear layer, EMA teacher), 2 small steps."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hsd", "train", "--config", str(CONFIGS / "smollm2-lora.yaml"), "--max_steps",
+           "2", "--output_dir", str(out), "--per_device_train_batch_size", "2", "--num_generations", "2",
+           "--max_completion_length", "8", "--dataset_limit", "2", "--report_to", "none", "--reward_workers",
+           "1", "--save_strategy", "no"]  # fmt: skip
+    data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    env = {**os.environ, "HSD_DATA_DIR": os.environ.get("HSD_DATA_DIR", str(data))}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward" in m]
+    assert [m["step"] for m in steps] == [1, 2] and all(m["hsd/distilled_tokens"] > 0 for m in steps)
+    config = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "smollm2" and config["target_modules"]
+    assert (out / "final" / "hsd_teacher" / "adapter_model.safetensors").is_file()  # the EMA adapter
