@@ -181,6 +181,10 @@ class HSDTrainer(GRPOTrainer):
             self.ref_model = self._copy_policy(
                 "beta", prepare=lambda m: add_fused_lm_head(m, temperature=self.temperature)
             )
+        self._skip_old_logps = False
+        if self._old_logps_unused():
+            # The vLLM importance weights are built from the old-policy log-probs and feed only TRL's loss.
+            self.vllm_importance_sampling_correction = False
         install_hsd_forward(self.model)
         policy = self.accelerator.unwrap_model(self.model)
         self._prefix_refusal = shared_prefix_refusal(policy.config)  # the teacher copies share its config
@@ -354,7 +358,15 @@ class HSDTrainer(GRPOTrainer):
         2-4. each rollout's outcome, peer, teacher context and tau: `hsd.core.plan.plan_teachers`;
         5. the teacher prompts [q ; c_i], rendered and left-padded, attached to the batch; statistics logged.
         """
-        output = super()._generate_and_score_completions(inputs)  # 1.
+        # TRL computes the old policy's log-probs first when generation and optimizer steps are misaligned (or
+        # for vLLM's importance weights, off when unused): its condition, so the skip hits exactly that forward.
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        misaligned = self.args.gradient_accumulation_steps % generate_every != 0
+        self._skip_old_logps = self._old_logps_unused() and misaligned
+        try:
+            output = super()._generate_and_score_completions(inputs)  # 1.
+        finally:
+            self._skip_old_logps = False
         scored, self._hsd_batch = self._hsd_batch, None
         rewards = self._checked_rewards(scored.rewards_per_func)
         all_ids = None
@@ -365,6 +377,17 @@ class HSDTrainer(GRPOTrainer):
             output.update(self._teacher_prompts(scored, plan, all_ids, output["completion_ids"].device))
         self._log_statistics(plan.statistics)
         return output
+
+    def _old_logps_unused(self) -> bool:
+        """Whether no term of the loss reads TRL's old-policy log-probs: they enter only TRL's policy-gradient
+        loss (its ratio and vLLM importance weights); the reference KL uses the reference's own log-probs."""
+        return self.args.pg_weight == 0
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        if self._skip_old_logps and model is self.model:  # the old-policy forward: its result is never read
+            self._skip_old_logps = False
+            return None, None, None
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _checked_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """Total rewards of every process's rollouts (NaN: not computed); `RunStopped` when the share not
