@@ -30,7 +30,7 @@ from hsd.core.plan import GroupStatistics, TeacherPlan, plan_teachers
 from hsd.core.positions import distill_position_mask, rollout_regions
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
 from hsd.teacher.prompt import teacher_input_ids
-from hsd.trainer import checkpoints, guards
+from hsd.trainer import checkpoints, guards, vllm_cpu
 from hsd.trainer.config import HSDConfig
 from hsd.trainer.engines import (
     blend_into,
@@ -70,6 +70,23 @@ def fallback_line(model, args: HSDConfig) -> str | None:
     if args.analytic_distill_head and (why := analytic_head_refusal(model.config)):
         reasons.append(f"analytic_distill_head falls back to autograd on chunks ({why})")
     return f"{type(model).__name__}: " + "; ".join(reasons) if reasons else None
+
+
+def check_vllm_model(model, args: HSDConfig) -> None:
+    """`UserError` (one line) when vLLM cannot run `model` (a model or a name) here: `vllm_cpu.refusal`."""
+    from hsd.errors import UserError
+
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        from hsd.models import resolve_model
+
+        source = resolve_model(model)
+        config = AutoConfig.from_pretrained(source.pretrained, **source.init_kwargs)
+    else:
+        config = model.config
+    if line := vllm_cpu.refusal(config, args, model=repr(model) if isinstance(model, str) else "the model"):
+        raise UserError(line)
 
 
 class RewardFunctionError(RuntimeError):
@@ -151,6 +168,8 @@ class HSDTrainer(GRPOTrainer):
         if not isinstance(args, HSDConfig):
             raise TypeError(f"HSDTrainer needs an HSDConfig, got {type(args).__name__}")
         validate_dataset(train_dataset, args)
+        if args.use_vllm:
+            check_vllm_model(model, args)
         if isinstance(model, str):
             from hsd.models import load_model, load_tokenizer, resolve_model
 
@@ -172,7 +191,8 @@ class HSDTrainer(GRPOTrainer):
         beta, copy_reference = args.beta, args.beta != 0.0 and not isinstance(model, str)
         if copy_reference:
             args.beta = 0.0
-        super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        with vllm_cpu.vllm_generation(args):  # TRL's vLLM wrapper with what the CPU needs (vllm_cpu.py)
+            super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
         check_engine_launched(self.accelerator, args.use_cpu)
         if copy_reference:
             from trl.trainer.utils import add_fused_lm_head
