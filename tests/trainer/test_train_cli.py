@@ -117,3 +117,22 @@ def test_hsd_train_runs_the_quickstart_recipe_and_writes_metrics(tiny_model_dir,
     } <= tags
     assert (out / "final" / "model.safetensors").exists()
     assert json.loads((out / "recipe.json").read_text())["config"]["method"] == "hsd"
+
+
+def test_use_vllm_with_a_model_vllm_cannot_run_here_is_one_line_before_training(tiny_model_dir, tmp_path):
+    """The tiny model's head size (8) has no kernel in vLLM's CPU backend; without vLLM installed, that is
+    the line. Either way: exit 2, one line, before the model loads (no output directory yet)."""
+    import importlib.util
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hsd", "train", "--config", str(CONFIGS / "quickstart.yaml"),
+           "--model", str(tiny_model_dir), "--output_dir", str(out), "--use_vllm", "true"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hsd")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    if importlib.util.find_spec("vllm") is None:
+        assert "needs vLLM, which is not installed: bash scripts/setup.sh --vllm" in lines[0]
+    else:
+        assert "attention head size 8" in lines[0] and "32, 64, 80" in lines[0]
+    assert not (out / "final").exists()
