@@ -72,9 +72,8 @@ def main() -> None:
     }
     skipped, computed = means["old logps skipped"], means["old logps computed"]
     report = {
-        "command": "python benchmarks/old_logps_forward.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        ),
+        "command": "python benchmarks/old_logps_forward.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "environment": environment(setup.device),
         "mean_s": means,
         "saved_s_per_step": round(computed["step"] - skipped["step"], 4),

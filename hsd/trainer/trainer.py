@@ -192,7 +192,9 @@ class HSDTrainer(GRPOTrainer):
         if copy_reference:
             args.beta = 0.0
         with vllm_cpu.vllm_generation(args):  # TRL's vLLM wrapper with what the CPU needs (vllm_cpu.py)
-            super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+            super().__init__(
+                model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs
+            )
         check_engine_launched(self.accelerator, args.use_cpu)
         if copy_reference:
             from trl.trainer.utils import add_fused_lm_head

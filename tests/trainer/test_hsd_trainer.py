@@ -214,7 +214,9 @@ def test_presets_set_trl_fields():
 
 
 @pytest.mark.parametrize("method", ["hsd", "grpo"])
-def test_old_policy_logps_are_computed_only_for_a_policy_gradient(tiny_model_dir, tmp_path, monkeypatch, method):
+def test_old_policy_logps_are_computed_only_for_a_policy_gradient(
+    tiny_model_dir, tmp_path, monkeypatch, method
+):
     """Two optimizer steps from one generation batch (steps_per_generation=2), where TRL computes the old
     policy's log-probs. Pure HSD (no policy-gradient term) skips that forward and trains exactly as with it;
     GRPO, whose ratio reads them, keeps it."""

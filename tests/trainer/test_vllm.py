@@ -33,6 +33,8 @@ GREEDY_TOKENS = 8
 def small_kv_cache(monkeypatch):
     """1 GiB of KV cache per engine (on the CPU vLLM otherwise sizes it from the whole process's memory)."""
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
 CHECK_PROMPTS = ("1+2=", "3+0=")
 
 
