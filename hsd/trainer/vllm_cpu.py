@@ -115,8 +115,10 @@ def converted_folder(policy, tokenizer) -> Path:
 
 
 def engine_model(policy, tokenizer) -> str | None:
-    """The folder the colocated engine loads, when the policy's own `name_or_path` is not one (None: it is)."""
-    if (Path(str(policy.name_or_path)) / "config.json").is_file():
+    """The folder the colocated engine loads when the policy's `name_or_path` is a local folder without a
+    checkpoint (a GGUF's); None: TRL's `name_or_path` (a checkpoint folder or a hub id) as it is."""
+    source = Path(str(policy.name_or_path))
+    if not source.is_dir() or (source / "config.json").is_file():
         return None
     return str(converted_folder(policy, tokenizer))
 
