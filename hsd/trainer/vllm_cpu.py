@@ -186,9 +186,14 @@ def generation_class(args):
         def _sync_server_through_folder(self):
             from safetensors.torch import save_file
 
-            # every process takes part in the gathers; the main process writes and asks the server to load
-            weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self._iter_named_params()}
-            if self.accelerator.is_main_process:
+            # every process takes part in the gathers; the main process keeps, writes and asks the server to load
+            named = self._iter_named_params()
+            if not self.accelerator.is_main_process:
+                for _ in named:
+                    pass
+            else:
+                # copies: a gathered (ZeRO-3) parameter is freed again once the iterator moves on
+                weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named}
                 weights_dir.mkdir(parents=True, exist_ok=True)
                 save_file(weights, str(weights_dir / WEIGHTS_FILE))
                 client = self.vllm_client
