@@ -27,15 +27,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 GREEDY_TOKENS = 8
+CHECK_PROMPTS = ("1+2=", "3+0=")
 
 
 @pytest.fixture(autouse=True)
-def small_kv_cache(monkeypatch):
-    """1 GiB of KV cache per engine (on the CPU vLLM otherwise sizes it from the whole process's memory)."""
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-CHECK_PROMPTS = ("1+2=", "3+0=")
+def engine_environment():
+    """1 GiB of KV cache per engine (on the CPU vLLM otherwise sizes it from the whole process's memory).
+    The environment is restored afterwards: a colocated engine sets rendezvous variables (RANK,
+    MASTER_PORT, ...) and LD_PRELOAD, which later subprocesses must not inherit."""
+    saved = dict(os.environ)
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
