@@ -58,7 +58,9 @@ def measure(method: str, rollouts: int, completion_len: int, steps: int, vllm: b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rollouts", default="8,32", help="rollouts per step (multiples of 8), comma-separated")
+    parser.add_argument(
+        "--rollouts", default="8,32", help="rollouts per step (multiples of 8), comma-separated"
+    )
     parser.add_argument("--completion-len", type=int, default=128)
     parser.add_argument("--methods", default="hsd,grpo")
     parser.add_argument("--steps", type=int, default=3, help="steps per run; the first is not timed")
