@@ -48,6 +48,8 @@ def measure(method: str, rollouts: int, completion_len: int, steps: int, vllm: b
         run.train()
         logs = [h for h in run.state.log_history if "step_time" in h][1:]
         lengths = {h["completions/mean_length"] for h in logs}
+        for func in run.reward_funcs:
+            getattr(getattr(func, "__wrapped__", func), "close", lambda: None)()
         del run
     return {
         "rollout_s": round(statistics.mean(h["time/rollout"] for h in logs), 3),
