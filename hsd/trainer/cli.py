@@ -233,7 +233,10 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     problems, tokenizer = checked_problems(script, args)
     from hsd.tasks.rewards import make_reward_func
     from hsd.trainer.callbacks import MetricsJsonlCallback
-    from hsd.trainer.trainer import HSDTrainer
+    from hsd.trainer.trainer import HSDTrainer, check_vllm_model
+
+    if args.use_vllm:
+        check_vllm_model(script.model, args)  # its config only: before the weights load
 
     dataset = to_hf_dataset(problems)
     reward = make_reward_func(

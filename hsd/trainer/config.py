@@ -65,6 +65,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "analytic_distill_head", "distill_grad_cache_mb",
     ),
     "safety": ("max_uncomputed_reward_fraction", "max_nonfinite_steps"),
+    "rollouts (vLLM)": ("vllm_dtype", "vllm_enforce_eager"),
 }  # fmt: skip
 
 _DEFAULT_TEMPLATE = TeacherTemplate()
@@ -250,6 +251,20 @@ class HSDConfig(GRPOConfig):
         },
     )
 
+    vllm_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the colocated vLLM engine (auto, float32, bfloat16, float16). None: the policy's "
+            "dtype on the CPU, vLLM's choice on a GPU."
+        },
+    )
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run the colocated vLLM engine without torch.compile / CUDA graphs. None: true on the CPU "
+            "(compiling takes a minute there), vLLM's choice on a GPU."
+        },
+    )
     max_nonfinite_steps: int = field(
         default=3,
         metadata={

@@ -31,7 +31,7 @@ from hsd.core.positions import distill_position_mask, rollout_regions
 from hsd.models import language_model, require_peft
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
 from hsd.teacher.prompt import teacher_input_ids
-from hsd.trainer import checkpoints, guards
+from hsd.trainer import checkpoints, guards, vllm_cpu
 from hsd.trainer.adapters import (
     AdapterTeacher,
     active_adapter,
@@ -80,6 +80,23 @@ def fallback_line(model, args: HSDConfig) -> str | None:
     if args.analytic_distill_head and (why := analytic_head_refusal(model.config)):
         reasons.append(f"analytic_distill_head falls back to autograd on chunks ({why})")
     return f"{type(model).__name__}: " + "; ".join(reasons) if reasons else None
+
+
+def check_vllm_model(model, args: HSDConfig) -> None:
+    """`UserError` (one line) when vLLM cannot run `model` (a model or a name) here: `vllm_cpu.refusal`."""
+    from hsd.errors import UserError
+
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        from hsd.models import resolve_model
+
+        source = resolve_model(model)
+        config = AutoConfig.from_pretrained(source.pretrained, **source.init_kwargs)
+    else:
+        config = model.config
+    if line := vllm_cpu.refusal(config, args, model=repr(model) if isinstance(model, str) else "the model"):
+        raise UserError(line)
 
 
 class RewardFunctionError(RuntimeError):
@@ -174,6 +191,8 @@ class HSDTrainer(GRPOTrainer):
         if not isinstance(args, HSDConfig):
             raise TypeError(f"HSDTrainer needs an HSDConfig, got {type(args).__name__}")
         validate_dataset(train_dataset, args)
+        if args.use_vllm:
+            check_vllm_model(model, args)
         if isinstance(model, str):
             from hsd.models import load_model, load_tokenizer, resolve_model
 
@@ -200,7 +219,10 @@ class HSDTrainer(GRPOTrainer):
         copy_reference = beta != 0.0 and not isinstance(model, str) and not adapter
         if copy_reference:
             args.beta = 0.0
-        super().__init__(model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        with vllm_cpu.vllm_generation(args):  # TRL's vLLM wrapper with what the CPU needs (vllm_cpu.py)
+            super().__init__(
+                model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs
+            )
         check_engine_launched(self.accelerator, args.use_cpu)
         if copy_reference:
             from trl.trainer.utils import add_fused_lm_head
@@ -209,6 +231,10 @@ class HSDTrainer(GRPOTrainer):
             self.ref_model = self._copy_policy(
                 "beta", prepare=lambda m: add_fused_lm_head(m, temperature=self.temperature)
             )
+        self._skip_old_logps = False
+        if self._old_logps_unused():
+            # The vLLM importance weights are built from the old-policy log-probs and feed only TRL's loss.
+            self.vllm_importance_sampling_correction = False
         install_hsd_forward(self.model)
         policy = self.accelerator.unwrap_model(self.model)
         if is_adapter_model(policy):
@@ -418,7 +444,15 @@ class HSDTrainer(GRPOTrainer):
         2-4. each rollout's outcome, peer, teacher context and tau: `hsd.core.plan.plan_teachers`;
         5. the teacher prompts [q ; c_i], rendered and left-padded, attached to the batch; statistics logged.
         """
-        output = super()._generate_and_score_completions(inputs)  # 1.
+        # TRL computes the old policy's log-probs first when generation and optimizer steps are misaligned (or
+        # for vLLM's importance weights, off when unused): its condition, so the skip hits exactly that forward.
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        misaligned = self.args.gradient_accumulation_steps % generate_every != 0
+        self._skip_old_logps = self._old_logps_unused() and misaligned
+        try:
+            output = super()._generate_and_score_completions(inputs)  # 1.
+        finally:
+            self._skip_old_logps = False
         scored, self._hsd_batch = self._hsd_batch, None
         rewards = self._checked_rewards(scored.rewards_per_func)
         all_ids = None
@@ -429,6 +463,17 @@ class HSDTrainer(GRPOTrainer):
             output.update(self._teacher_prompts(scored, plan, all_ids, output["completion_ids"].device))
         self._log_statistics(plan.statistics)
         return output
+
+    def _old_logps_unused(self) -> bool:
+        """Whether no term of the loss reads TRL's old-policy log-probs: they enter only TRL's policy-gradient
+        loss (its ratio and vLLM importance weights); the reference KL uses the reference's own log-probs."""
+        return self.args.pg_weight == 0
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        if self._skip_old_logps and model is self.model:  # the old-policy forward: its result is never read
+            self._skip_old_logps = False
+            return None, None, None
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _checked_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """Total rewards of every process's rollouts (NaN: not computed); `RunStopped` when the share not

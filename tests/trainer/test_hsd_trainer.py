@@ -211,3 +211,38 @@ def test_presets_set_trl_fields():
     assert (hsd.context, hsd.distill_weight, hsd.pg_weight) == ("hsd", 1.0, 0.0)
     mixed = HSDConfig(output_dir="x", use_cpu=True, method="grpo_opsd")
     assert (mixed.context, mixed.distill_weight, mixed.pg_weight) == ("opsd", 0.5, 0.5)
+
+
+@pytest.mark.parametrize("method", ["hsd", "grpo"])
+def test_old_policy_logps_are_computed_only_for_a_policy_gradient(
+    tiny_model_dir, tmp_path, monkeypatch, method
+):
+    """Two optimizer steps from one generation batch (steps_per_generation=2), where TRL computes the old
+    policy's log-probs. Pure HSD (no policy-gradient term) skips that forward and trains exactly as with it;
+    GRPO, whose ratio reads them, keeps it."""
+    calls = []
+    trl_logps = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counted(self, model, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return trl_logps(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counted)
+
+    def train(skip: bool):
+        calls.clear()
+        monkeypatch.setattr(HSDTrainer, "_old_logps_unused", lambda self: skip and self.args.pg_weight == 0)
+        trainer = _trainer(
+            tiny_model_dir, tmp_path, method=method, steps_per_generation=2, max_steps=2,
+            train_dataset=arithmetic_dataset(8),
+        )  # fmt: skip
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return losses, [p.detach().clone() for p in trainer.model.parameters()], calls.count(False)
+
+    losses, weights, no_grad_calls = train(skip=True)
+    with_losses, with_weights, with_no_grad_calls = train(skip=False)
+    assert len(losses) == 2 and losses == with_losses
+    assert all(torch.equal(a, b) for a, b in zip(weights, with_weights))
+    assert with_no_grad_calls == 1  # one generation batch: one old-policy forward
+    assert no_grad_calls == (0 if method == "hsd" else 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from trl import GRPOConfig
 from hsd.cli import main as hsd_main
 from hsd.trainer.cli import MODEL_CONFIG_FIELDS, TrainScript, fields_help, help_sources, load_recipe
 from hsd.trainer.config import HELP_GROUPS, HSDConfig
+from tests.conftest import FIXTURE_DATA
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -295,13 +295,30 @@ def test_hsd_train_runs_the_smollm2_lora_recipe(tmp_path):
     cmd = [sys.executable, "-m", "hsd", "train", "--config", str(CONFIGS / "smollm2-lora.yaml"), "--max_steps",
            "2", "--output_dir", str(out), "--per_device_train_batch_size", "2", "--num_generations", "2",
            "--max_completion_length", "8", "--dataset_limit", "2", "--report_to", "none", "--reward_workers",
-           "1", "--save_strategy", "no"]  # fmt: skip
-    data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    env = {**os.environ, "HSD_DATA_DIR": os.environ.get("HSD_DATA_DIR", str(data))}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+           "1", "--save_strategy", "no", "--data_dir", str(FIXTURE_DATA)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward" in m]
     assert [m["step"] for m in steps] == [1, 2] and all(m["hsd/distilled_tokens"] > 0 for m in steps)
     config = json.loads((out / "final" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "smollm2" and config["target_modules"]
     assert (out / "final" / "hsd_teacher" / "adapter_model.safetensors").is_file()  # the EMA adapter
+
+
+def test_use_vllm_with_a_model_vllm_cannot_run_here_is_one_line_before_training(tiny_model_dir, tmp_path):
+    """The tiny model's head size (8) has no kernel in vLLM's CPU backend; without vLLM installed, that is
+    the line. Either way: exit 2, one line, before the model loads (no output directory yet)."""
+    import importlib.util
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hsd", "train", "--config", str(CONFIGS / "quickstart.yaml"),
+           "--model", str(tiny_model_dir), "--output_dir", str(out), "--use_vllm", "true"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hsd")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    if importlib.util.find_spec("vllm") is None:
+        assert "needs vLLM, which is not installed: bash scripts/setup.sh --vllm" in lines[0]
+    else:
+        assert "attention head size 8" in lines[0] and "32, 64, 80" in lines[0]
+    assert not (out / "final").exists()
