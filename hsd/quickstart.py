@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     console.print(results_table(results, title))
     console.print(
         f"run directory: {out}/  (comparison.md, learning_curves.png, METHOD/seed-{args.seed}/"
-        "{metrics.jsonl, eval.jsonl, recipe.json, final/, runs/ (TensorBoard)}, credit/report.html)"
+        "{metrics.jsonl, summary.json, eval.jsonl, recipe.json, final/, runs/ (TensorBoard)}, credit/report.html)"
     )
     console.print(f"total time: {time.time() - start:.0f}s")
     return 0
