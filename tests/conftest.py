@@ -61,16 +61,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-# Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts) a group runs on one worker, one test after
-# another: the tests that use the code sandbox (the hostile-input tests check that no sandbox process or
-# directory is left anywhere on the machine) and the tests that build into the default testbed cache.
-SERIAL_GROUPS = ("tasks", "testbed")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        folder = item.path.parent.name
-        if folder in SERIAL_GROUPS and item.path.parent.parent.name == "tests":
-            item.add_marker(pytest.mark.xdist_group(folder))
