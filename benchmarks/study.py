@@ -1,9 +1,13 @@
 """The study in docs/results.md: every cell (a method preset plus HSDConfig overrides) x seeds on one
 testbed, recipe and budget, one `hsd compare` run at a time, then the paired statistics against a baseline.
 
-    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4 [--testbed T]  # resumable
-    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL] [--testbed T]
-    python benchmarks/study.py commands CELL [--testbed T]               # the exact hsd compare command
+    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4 [--testbed T] [--model-seeds M]
+    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL] [--testbed T] [--model-seeds M]
+    python benchmarks/study.py commands CELL [--testbed T] [--model-seeds M]  # the exact hsd compare command
+
+--model-seeds picks the testbed models (`hsd testbed build --seed M`, default 0); a model other than seed 0
+keeps its runs under runs/study/[TESTBED/]model-seed-M/. A report over several models adds the paired
+differences per model and pooled over models (runs/study/[TESTBED/]across-models/NAME/models.md).
 
 Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out
 runs/study/[TESTBED/]CELL ...` with the testbed's model, training and held-out data (TESTBEDS: the long
@@ -14,9 +18,11 @@ gets the same steps, questions and rollouts (the quick-start recipe's: 30 steps 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -129,6 +135,16 @@ CELLS: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 
 
+def with_model_seed(testbed: Testbed, seed: int) -> Testbed:
+    """`testbed` with its model built from pretraining seed `seed`; runs of a model other than seed 0 go to
+    their own directory."""
+    build = list(testbed.build)
+    if "--seed" in build:
+        del build[build.index("--seed") : build.index("--seed") + 2]
+    out = testbed.out / f"model-seed-{seed}" if seed else testbed.out
+    return dataclasses.replace(testbed, build=[*build, "--seed", str(seed)], out=out)
+
+
 def model_dir(testbed: Testbed) -> str:
     """The testbed's model (built once, then read from the cache: the last line is its path)."""
     out = subprocess.run(testbed.build, check=True, capture_output=True, text=True).stdout
@@ -175,20 +191,34 @@ def load(out: Path, cells: list[str], seeds: list[int]) -> list[dict]:
     return results
 
 
-def report(
-    testbed_name: str, cells: list[str], seeds: list[int], name: str = "report", baseline: str = "grpo"
-):
-    from hsd.compare import write_comparison
-
-    testbed = TESTBEDS[testbed_name]
-    results = load(testbed.out, cells, seeds)
-    out = testbed.out / name
-    out.mkdir(parents=True, exist_ok=True)
+def report_argv(testbed_name: str, cells: list[str], seeds: list[int], name: str, baseline: str, models):
+    """The study.py command line that writes this report."""
     argv = ["python", "benchmarks/study.py", "report", *cells, "--report", name, "--baseline", baseline]
     if testbed_name != "long":
         argv += ["--testbed", testbed_name]
     if seeds != SEEDS:
         argv += ["--seeds", ",".join(map(str, seeds))]
+    if list(models) != [0]:
+        argv += ["--model-seeds", ",".join(map(str, models))]
+    return argv
+
+
+def report(
+    testbed_name: str,
+    cells: list[str],
+    seeds: list[int],
+    name: str = "report",
+    baseline: str = "grpo",
+    model_seed: int = 0,
+    argv: list[str] | None = None,
+):
+    from hsd.compare import write_comparison
+
+    testbed = with_model_seed(TESTBEDS[testbed_name], model_seed)
+    results = load(testbed.out, cells, seeds)
+    out = testbed.out / name
+    out.mkdir(parents=True, exist_ok=True)
+    argv = argv or report_argv(testbed_name, cells, seeds, name, baseline, [model_seed])
     write_comparison(results, out, baseline=baseline, command=shlex.join(argv))
     lines = diagnostics(testbed.out, cells, seeds, out)
     (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
@@ -213,6 +243,69 @@ def per_seed(runs: Path, cells: list[str], seeds: list[int]) -> list[str]:
         row = [" / ".join(f"{a:.3f}".lstrip("0") for a in curves.get((cell, s), [])) or "-" for s in seeds]
         lines.append(f"| {cell} | " + " | ".join(row) + " |")
     return lines
+
+
+MEASURES = {"final": "final_accuracy", "AUC": "auc_accuracy"}
+
+
+def across_models(testbed_name: str, cells: list[str], seeds: list[int], models: list[int], baseline: str):
+    """Each cell minus `baseline` on every testbed model (paired over the run seeds), and pooled over models
+    two ways: a paired t over all model x seed pairs (each pair one unit; ignores that seeds on one model
+    share it), and a t over the per-model mean differences (the model as the unit, len(models) - 1 df).
+    Returns (markdown lines, JSON-able dict)."""
+    from hsd.stats import mean_std, paired_difference
+
+    runs = {}  # (cell, model, seed) -> done.json
+    for model in models:
+        for run in load(with_model_seed(TESTBEDS[testbed_name], model).out, cells, seeds):
+            runs[run["method"], model, run["seed"]] = run
+    header = f"| cell | testbed model | {baseline} final | cell final |"
+    header += "".join(f" {m} - {baseline} [95% CI] | p |" for m in MEASURES) + " pairs |"
+    lines, data = [header, "|---" * 9 + "|"], {}
+    for cell in [c for c in cells if c != baseline]:
+        per_model, rows = {}, []
+        for model in models:
+            pairs = [s for s in seeds if (cell, model, s) in runs and (baseline, model, s) in runs]
+            per_model[model] = pairs
+            rows.append(
+                (f"seed {model}", [(cell, model, s) for s in pairs], [(baseline, model, s) for s in pairs])
+            )
+        every = [(model, s) for model in models for s in per_model[model]]
+        rows.append(
+            (
+                f"pooled: {len(every)} model x seed pairs",
+                [(cell, *k) for k in every],
+                [(baseline, *k) for k in every],
+            )
+        )
+        data[cell] = {}
+        for label, ours, theirs in rows:
+            entry = {"pairs": len(ours)}
+            cols = [
+                mean_std(runs[k]["final_accuracy"] for k in theirs),
+                mean_std(runs[k]["final_accuracy"] for k in ours),
+            ]
+            cells_ = [f"{m:.3f} +/- {sd:.3f}" for m, sd in cols]
+            for measure, key in MEASURES.items():
+                diff = paired_difference([runs[k][key] for k in ours], [runs[k][key] for k in theirs])
+                entry[measure] = dataclasses.asdict(diff)
+                cells_ += [f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]", f"{diff.p_value:.2g}"]
+            data[cell][label] = entry
+            lines.append(f"| {cell} | {label} | " + " | ".join(cells_) + f" | {len(ours)} |")
+        unit = [m for m in models if len(per_model[m]) >= 2]
+        entry, cells_ = {"models": unit}, []
+        for measure, key in MEASURES.items():
+            means = {
+                side: [statistics.fmean(runs[side, m, s][key] for s in per_model[m]) for m in unit]
+                for side in (cell, baseline)
+            }
+            diff = paired_difference(means[cell], means[baseline])
+            entry[measure] = dataclasses.asdict(diff)
+            cells_ += [f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]", f"{diff.p_value:.2g}"]
+        label = f"pooled: {len(unit)} models as the unit (per-model mean differences)"
+        data[cell][label] = entry
+        lines.append(f"| {cell} | {label} | | | " + " | ".join(cells_) + f" | {len(unit)} |")
+    return lines, data
 
 
 DIAGNOSTICS = ("teacher_p_token", "student_p_token", "teacher_entropy", "student_entropy")
@@ -297,19 +390,33 @@ def main() -> int:
     parser.add_argument("--report", default="report", help="report directory under runs/study")
     parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
     parser.add_argument("--testbed", choices=TESTBEDS, default="long", help="testbed model and task")
+    parser.add_argument(
+        "--model-seeds", default="0", help="testbed models by pretraining seed (`hsd testbed build --seed`)"
+    )
     args = parser.parse_args()
     unknown = [c for c in [*args.cells, args.baseline] if c not in CELLS]
     if unknown:
         raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    if args.action == "run":
-        run(TESTBEDS[args.testbed], args.cells, seeds, validation=not args.no_validation)
-    elif args.action == "report":
-        report(args.testbed, args.cells, seeds, args.report, args.baseline)
-    else:
-        for cell in args.cells:
-            argv = command(TESTBEDS[args.testbed], cell, args.seeds + ",", "$M", not args.no_validation)
-            print(shlex.join(argv))
+    models = [int(s) for s in args.model_seeds.split(",") if s]
+    for model in models:
+        testbed = with_model_seed(TESTBEDS[args.testbed], model)
+        if args.action == "run":
+            run(testbed, args.cells, seeds, validation=not args.no_validation)
+        elif args.action == "report":
+            argv = report_argv(args.testbed, args.cells, seeds, args.report, args.baseline, models)
+            report(args.testbed, args.cells, seeds, args.report, args.baseline, model, argv)
+        else:
+            for cell in args.cells:
+                print(shlex.join(command(testbed, cell, args.seeds + ",", "$M", not args.no_validation)))
+    if args.action == "report" and len(models) > 1:
+        lines, data = across_models(args.testbed, args.cells, seeds, models, args.baseline)
+        out = TESTBEDS[args.testbed].out / "across-models" / args.report
+        out.mkdir(parents=True, exist_ok=True)
+        argv = shlex.join(report_argv(args.testbed, args.cells, seeds, args.report, args.baseline, models))
+        (out / "models.md").write_text(f"`{argv}`\n\n" + "\n".join(lines) + "\n")
+        (out / "models.json").write_text(json.dumps({"command": argv, "differences": data}, indent=1) + "\n")
+        print("\n".join(lines))
     return 0
 
 
