@@ -120,6 +120,11 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "hsd-kl-st-60": ("hsd", ["--divergence", "kl_student_teacher", "--max_steps", "60"]),  # the divergence ablation's third kind (alpha 0.5)
     "hsd-mix-from-tau": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--distill_positions", "from_tau"]),
     "hsd-mix-tt0.5": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5"]),
+    # twice the budget on long chains: the candidates for ending level with GRPO (grpo-60 is the baseline)
+    "hsd-tt0.5-no-fallback-60": ("hsd", ["--teacher_temperature", "0.5", "--fallback", "false", "--max_steps", "60"]),
+    "hsd-mix-tt0.5-60": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5", "--max_steps", "60"]),
+    "hsd-sharper-60": ("hsd", ["--sharper_teacher_only", "true", "--max_steps", "60"]),
+    "hsd-kl-st-sharper-60": ("hsd", ["--divergence", "kl_student_teacher", "--sharper_teacher_only", "true", "--max_steps", "60"]),
     "live": ("hsd", ["--teacher_weights", "live"]),
     "live-lr1e-4": ("hsd", ["--teacher_weights", "live", "--learning_rate", "1e-4"]),
     "live-clip1": ("hsd", ["--teacher_weights", "live", "--divergence_clip", "1.0"]),
