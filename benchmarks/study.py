@@ -255,7 +255,7 @@ def per_seed(runs: Path, cells: list[str], seeds: list[int]) -> list[str]:
 
 MEASURES = {"final": "final_accuracy", "AUC": "auc_accuracy"}
 # Runs whose directories are not kept, as their report printed them (per_seed.md: test accuracy at steps
-# 0 / 10 / 20 / 30): the quick-start model (seed 0, weights ef315b915ec4) at run seeds 5-9, docs/results.md
+# 0 / 10 / 20 / 30): the quick-start model (`hsd testbed build`, seed 0) at run seeds 5-9, docs/results.md
 # "Confirmation on new seeds" (python benchmarks/study.py run grpo hsd-tt0.5 hsd-kl-st --testbed quickstart
 # --seeds 5,6,7,8,9 --no-validation); the trainer has not changed since. Used where a model has no run here.
 RECORDED = {
