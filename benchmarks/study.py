@@ -272,25 +272,33 @@ RECORDED = {
 
 
 def model_runs(testbed_name: str, cells: list[str], seeds: list[int], models: list[int]):
-    """(cell, model, seed) -> run summary for every finished run, or, for a model without any, its
-    `RECORDED` curves; and per model the label that says which."""
+    """(cell, model, seed) -> run summary for every finished run, completed by a model's `RECORDED` curves
+    where it has no run for that cell and seed; per model the label that says which, and per rerun recorded
+    run whether its curve came out the same (to the 3 decimals recorded)."""
     from hsd.stats import curve_auc
 
-    runs, labels = {}, {}
+    runs, labels, reproduced = {}, {}, {}
     for model in models:
-        found = load(with_model_seed(TESTBEDS[testbed_name], model).out, cells, seeds)
-        labels[model] = f"seed {model}"
-        if not found and (testbed_name, model) in RECORDED:
-            record = RECORDED[testbed_name, model]
-            labels[model] += f" (recorded: run seeds {','.join(map(str, record['seeds']))})"
-            for cell in cells:
-                for seed, values in zip(record["seeds"], record.get(cell, ()), strict=False):
-                    curve = list(zip((0, 10, 20, 30), values, strict=True))
-                    found.append({"method": cell, "seed": seed, "final_accuracy": values[-1],
-                                  "auc_accuracy": curve_auc(curve)})  # fmt: skip
-        for run in found:
-            runs[run["method"], model, run["seed"]] = run
-    return runs, labels
+        found = {
+            (r["method"], r["seed"]): r
+            for r in load(with_model_seed(TESTBEDS[testbed_name], model).out, cells, seeds)
+        }
+        record = RECORDED.get((testbed_name, model), {})
+        used = 0
+        for cell in cells:
+            for seed, values in zip(record.get("seeds", ()), record.get(cell, ()), strict=False):
+                if (cell, seed) in found:
+                    curve = [round(a, 3) for _, a in found[cell, seed]["accuracy_curve"]]
+                    reproduced[cell, model, seed] = curve == list(values)
+                    continue
+                curve = list(zip((0, 10, 20, 30), values, strict=True))
+                found[cell, seed] = {"final_accuracy": values[-1], "auc_accuracy": curve_auc(curve)}
+                used += 1
+        runs |= {(cell, model, seed): run for (cell, seed), run in found.items()}
+        labels[model] = f"seed {model}" + (
+            f" ({used} recorded runs, seeds {','.join(map(str, record['seeds']))})" if used else ""
+        )
+    return runs, labels, reproduced
 
 
 def _difference_cells(ours: list[float], theirs: list[float], entry: dict, measure: str) -> list[str]:
@@ -308,7 +316,7 @@ def across_models(testbed_name: str, cells: list[str], seeds: list[int], models:
     Returns (markdown lines, JSON-able dict)."""
     from hsd.stats import mean_std
 
-    runs, labels = model_runs(testbed_name, cells, seeds, models)
+    runs, labels, reproduced = model_runs(testbed_name, cells, seeds, models)
     header = f"| cell | testbed model | {baseline} final | cell final |"
     header += "".join(f" {m} - {baseline} [95% CI] | p |" for m in MEASURES) + " pairs |"
     lines, data = [header, "|---" * 9 + "|"], {}
@@ -316,7 +324,7 @@ def across_models(testbed_name: str, cells: list[str], seeds: list[int], models:
         pairs = {m: sorted(s for c, m_, s in runs if c == cell and m_ == m and (baseline, m, s) in runs)
                  for m in models}  # fmt: skip
         every = [(m, s) for m in models for s in pairs[m]]
-        rows = [(labels[m], [(m, s) for s in pairs[m]]) for m in models]
+        rows = [(labels[m], [(m, s) for s in pairs[m]]) for m in models if pairs[m]]
         rows.append((f"pooled: {len(every)} model x seed pairs (paired t)", every))
         data[cell] = {}
         for label, keys in rows:
@@ -341,6 +349,10 @@ def across_models(testbed_name: str, cells: list[str], seeds: list[int], models:
         label = f"pooled: {len(unit)} models as the unit (t over per-model mean differences)"
         data[cell][label] = entry
         lines.append(f"| {cell} | {label} | | | " + " | ".join(cells_) + f" | {len(unit)} |")
+    if reproduced:
+        same = sum(reproduced.values())
+        lines.append(f"\nRecorded runs rerun: {same} of {len(reproduced)} gave the recorded curve again.")
+        data["recorded_rerun_same_curve"] = {f"{c}/{m}/{s}": v for (c, m, s), v in reproduced.items()}
     return lines, data
 
 
