@@ -1,9 +1,13 @@
 """The study in docs/results.md: every cell (a method preset plus HSDConfig overrides) x seeds on one
 testbed, recipe and budget, one `hsd compare` run at a time, then the paired statistics against a baseline.
 
-    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4 [--testbed T]  # resumable
-    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL] [--testbed T]
-    python benchmarks/study.py commands CELL [--testbed T]               # the exact hsd compare command
+    python benchmarks/study.py run CELL [CELL ...] --seeds 0,1,2,3,4 [--testbed T] [--model-seeds M]
+    python benchmarks/study.py report [CELL ...] [--report NAME] [--baseline CELL] [--testbed T] [--model-seeds M]
+    python benchmarks/study.py commands CELL [--testbed T] [--model-seeds M]  # the exact hsd compare command
+
+--model-seeds picks the testbed models (`hsd testbed build --seed M`, default 0); a model other than seed 0
+keeps its runs under runs/study/[TESTBED/]model-seed-M/. A report over several models adds the paired
+differences per model and pooled over models (runs/study/[TESTBED/]across-models/NAME/models.md).
 
 Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out
 runs/study/[TESTBED/]CELL ...` with the testbed's model, training and held-out data (TESTBEDS: the long
@@ -14,9 +18,11 @@ gets the same steps, questions and rollouts (the quick-start recipe's: 30 steps 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -114,6 +120,11 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     "hsd-kl-st-60": ("hsd", ["--divergence", "kl_student_teacher", "--max_steps", "60"]),  # the divergence ablation's third kind (alpha 0.5)
     "hsd-mix-from-tau": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--distill_positions", "from_tau"]),
     "hsd-mix-tt0.5": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5"]),
+    # twice the budget on long chains: the candidates for ending level with GRPO (grpo-60 is the baseline)
+    "hsd-tt0.5-no-fallback-60": ("hsd", ["--teacher_temperature", "0.5", "--fallback", "false", "--max_steps", "60"]),
+    "hsd-mix-tt0.5-60": ("hsd", ["--distill_weight", "0.5", "--pg_weight", "0.5", "--teacher_temperature", "0.5", "--max_steps", "60"]),
+    "hsd-sharper-60": ("hsd", ["--sharper_teacher_only", "true", "--max_steps", "60"]),
+    "hsd-kl-st-sharper-60": ("hsd", ["--divergence", "kl_student_teacher", "--sharper_teacher_only", "true", "--max_steps", "60"]),
     "live": ("hsd", ["--teacher_weights", "live"]),
     "live-lr1e-4": ("hsd", ["--teacher_weights", "live", "--learning_rate", "1e-4"]),
     "live-clip1": ("hsd", ["--teacher_weights", "live", "--divergence_clip", "1.0"]),
@@ -127,6 +138,16 @@ CELLS: dict[str, tuple[str, list[str]]] = {
         ["--teacher_weights", "live", "--distill_weight", "0.5", "--pg_weight", "0.5", "--fallback", "false"],
     ),
 }  # fmt: skip
+
+
+def with_model_seed(testbed: Testbed, seed: int) -> Testbed:
+    """`testbed` with its model built from pretraining seed `seed`; runs of a model other than seed 0 go to
+    their own directory."""
+    build = list(testbed.build)
+    if "--seed" in build:
+        del build[build.index("--seed") : build.index("--seed") + 2]
+    out = testbed.out / f"model-seed-{seed}" if seed else testbed.out
+    return dataclasses.replace(testbed, build=[*build, "--seed", str(seed)], out=out)
 
 
 def model_dir(testbed: Testbed) -> str:
@@ -175,20 +196,37 @@ def load(out: Path, cells: list[str], seeds: list[int]) -> list[dict]:
     return results
 
 
-def report(
-    testbed_name: str, cells: list[str], seeds: list[int], name: str = "report", baseline: str = "grpo"
-):
-    from hsd.compare import write_comparison
-
-    testbed = TESTBEDS[testbed_name]
-    results = load(testbed.out, cells, seeds)
-    out = testbed.out / name
-    out.mkdir(parents=True, exist_ok=True)
+def report_argv(testbed_name: str, cells: list[str], seeds: list[int], name: str, baseline: str, models):
+    """The study.py command line that writes this report."""
     argv = ["python", "benchmarks/study.py", "report", *cells, "--report", name, "--baseline", baseline]
     if testbed_name != "long":
         argv += ["--testbed", testbed_name]
     if seeds != SEEDS:
         argv += ["--seeds", ",".join(map(str, seeds))]
+    if list(models) != [0]:
+        argv += ["--model-seeds", ",".join(map(str, models))]
+    return argv
+
+
+def report(
+    testbed_name: str,
+    cells: list[str],
+    seeds: list[int],
+    name: str = "report",
+    baseline: str = "grpo",
+    model_seed: int = 0,
+    argv: list[str] | None = None,
+):
+    from hsd.compare import write_comparison
+
+    testbed = with_model_seed(TESTBEDS[testbed_name], model_seed)
+    results = load(testbed.out, cells, seeds)
+    if not results:
+        print(f"no finished runs of {cells} under {testbed.out}")
+        return
+    out = testbed.out / name
+    out.mkdir(parents=True, exist_ok=True)
+    argv = argv or report_argv(testbed_name, cells, seeds, name, baseline, [model_seed])
     write_comparison(results, out, baseline=baseline, command=shlex.join(argv))
     lines = diagnostics(testbed.out, cells, seeds, out)
     (out / "diagnostics.md").write_text("\n".join(lines) + "\n")
@@ -213,6 +251,109 @@ def per_seed(runs: Path, cells: list[str], seeds: list[int]) -> list[str]:
         row = [" / ".join(f"{a:.3f}".lstrip("0") for a in curves.get((cell, s), [])) or "-" for s in seeds]
         lines.append(f"| {cell} | " + " | ".join(row) + " |")
     return lines
+
+
+MEASURES = {"final": "final_accuracy", "AUC": "auc_accuracy"}
+# Runs whose directories are not kept, as their report printed them (per_seed.md: test accuracy at steps
+# 0 / 10 / 20 / 30): the quick-start model (`hsd testbed build`, seed 0) at run seeds 5-9, docs/results.md
+# "Confirmation on new seeds" (python benchmarks/study.py run grpo hsd-tt0.5 hsd-kl-st --testbed quickstart
+# --seeds 5,6,7,8,9 --no-validation); the trainer has not changed since. Used where a model has no run here.
+RECORDED = {
+    ("quickstart", 0): {
+        "seeds": [5, 6, 7, 8, 9],
+        "grpo": [(.449, .830, .881, .875), (.410, .799, .865, .865), (.451, .805, .830, .898),
+                 (.436, .770, .895, .895), (.434, .807, .879, .867)],
+        "hsd-tt0.5": [(.449, .867, .916, .893), (.410, .865, .912, .936), (.451, .861, .900, .939),
+                      (.436, .854, .938, .930), (.434, .869, .918, .943)],
+        "hsd-kl-st": [(.449, .861, .893, .891), (.410, .869, .881, .904), (.451, .869, .900, .938),
+                      (.436, .852, .926, .916), (.434, .852, .900, .918)],
+    },
+}  # fmt: skip
+
+
+def model_runs(testbed_name: str, cells: list[str], seeds: list[int], models: list[int]):
+    """(cell, model, seed) -> run summary for every finished run, completed by a model's `RECORDED` curves
+    where it has no run for that cell and seed; per model the label that says which, and per rerun recorded
+    run whether its curve came out the same (to the 3 decimals recorded)."""
+    from hsd.stats import curve_auc
+
+    runs, labels, reproduced = {}, {}, {}
+    for model in models:
+        found = {
+            (r["method"], r["seed"]): r
+            for r in load(with_model_seed(TESTBEDS[testbed_name], model).out, cells, seeds)
+        }
+        record = RECORDED.get((testbed_name, model), {})
+        used = 0
+        for cell in cells:
+            for seed, values in zip(record.get("seeds", ()), record.get(cell, ()), strict=False):
+                if (cell, seed) in found:
+                    curve = [round(a, 3) for _, a in found[cell, seed]["accuracy_curve"]]
+                    reproduced[cell, model, seed] = curve == list(values)
+                    continue
+                curve = list(zip((0, 10, 20, 30), values, strict=True))
+                found[cell, seed] = {"final_accuracy": values[-1], "auc_accuracy": curve_auc(curve)}
+                used += 1
+        runs |= {(cell, model, seed): run for (cell, seed), run in found.items()}
+        labels[model] = f"seed {model}" + (
+            f" ({used} recorded runs, seeds {','.join(map(str, record['seeds']))})" if used else ""
+        )
+    return runs, labels, reproduced
+
+
+def _difference_cells(ours: list[float], theirs: list[float], entry: dict, measure: str) -> list[str]:
+    from hsd.stats import paired_difference
+
+    diff = paired_difference(ours, theirs)
+    entry[measure] = dataclasses.asdict(diff)
+    return [f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]", f"{diff.p_value:.2g}"]
+
+
+def across_models(testbed_name: str, cells: list[str], seeds: list[int], models: list[int], baseline: str):
+    """Each cell minus `baseline` on every testbed model (paired over the run seeds), and pooled over models
+    two ways: a paired t over all model x seed pairs (each pair one unit; ignores that seeds on one model
+    share it), and a t over the per-model mean differences (the model as the unit, len(models) - 1 df).
+    Returns (markdown lines, JSON-able dict)."""
+    from hsd.stats import mean_std
+
+    runs, labels, reproduced = model_runs(testbed_name, cells, seeds, models)
+    header = f"| cell | testbed model | {baseline} final | cell final |"
+    header += "".join(f" {m} - {baseline} [95% CI] | p |" for m in MEASURES) + " pairs |"
+    lines, data = [header, "|---" * 9 + "|"], {}
+    for cell in [c for c in cells if c != baseline]:
+        pairs = {m: sorted(s for c, m_, s in runs if c == cell and m_ == m and (baseline, m, s) in runs)
+                 for m in models}  # fmt: skip
+        every = [(m, s) for m in models for s in pairs[m]]
+        rows = [(labels[m], [(m, s) for s in pairs[m]]) for m in models if pairs[m]]
+        rows.append((f"pooled: {len(every)} model x seed pairs (paired t)", every))
+        data[cell] = {}
+        for label, keys in rows:
+            entry = {"pairs": len(keys)}
+            cells_ = [
+                "{:.3f} +/- {:.3f}".format(*mean_std(runs[side, *k]["final_accuracy"] for k in keys))
+                for side in (baseline, cell)
+            ]
+            for measure, key in MEASURES.items():
+                ours, theirs = ([runs[side, *k][key] for k in keys] for side in (cell, baseline))
+                cells_ += _difference_cells(ours, theirs, entry, measure)
+            data[cell][label] = entry
+            lines.append(f"| {cell} | {label} | " + " | ".join(cells_) + f" | {len(keys)} |")
+        unit = [m for m in models if len(pairs[m]) >= 2]
+        entry, cells_ = {"models": unit}, []
+        for measure, key in MEASURES.items():
+            ours, theirs = (
+                [statistics.fmean(runs[side, m, s][key] for s in pairs[m]) for m in unit]
+                for side in (cell, baseline)
+            )
+            cells_ += _difference_cells(ours, theirs, entry, measure)
+        label = f"pooled: {len(unit)} models as the unit (t over per-model mean differences)"
+        data[cell][label] = entry
+        lines.append(f"| {cell} | {label} | | | " + " | ".join(cells_) + f" | {len(unit)} |")
+    if reproduced:
+        same = sum(reproduced.values())
+        lines.append(f"\nRecorded runs rerun: {same} of {len(reproduced)} gave the recorded curve again.")
+        data["recorded_rerun_same_curve"] = {f"{c}/{m}/{s}": v for (c, m, s), v in reproduced.items()}
+    return lines, data
 
 
 DIAGNOSTICS = ("teacher_p_token", "student_p_token", "teacher_entropy", "student_entropy")
@@ -297,19 +438,33 @@ def main() -> int:
     parser.add_argument("--report", default="report", help="report directory under runs/study")
     parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
     parser.add_argument("--testbed", choices=TESTBEDS, default="long", help="testbed model and task")
+    parser.add_argument(
+        "--model-seeds", default="0", help="testbed models by pretraining seed (`hsd testbed build --seed`)"
+    )
     args = parser.parse_args()
     unknown = [c for c in [*args.cells, args.baseline] if c not in CELLS]
     if unknown:
         raise SystemExit(f"study.py: unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    if args.action == "run":
-        run(TESTBEDS[args.testbed], args.cells, seeds, validation=not args.no_validation)
-    elif args.action == "report":
-        report(args.testbed, args.cells, seeds, args.report, args.baseline)
-    else:
-        for cell in args.cells:
-            argv = command(TESTBEDS[args.testbed], cell, args.seeds + ",", "$M", not args.no_validation)
-            print(shlex.join(argv))
+    models = [int(s) for s in args.model_seeds.split(",") if s]
+    for model in models:
+        testbed = with_model_seed(TESTBEDS[args.testbed], model)
+        if args.action == "run":
+            run(testbed, args.cells, seeds, validation=not args.no_validation)
+        elif args.action == "report":
+            argv = report_argv(args.testbed, args.cells, seeds, args.report, args.baseline, models)
+            report(args.testbed, args.cells, seeds, args.report, args.baseline, model, argv)
+        else:
+            for cell in args.cells:
+                print(shlex.join(command(testbed, cell, args.seeds + ",", "$M", not args.no_validation)))
+    if args.action == "report" and len(models) > 1:
+        lines, data = across_models(args.testbed, args.cells, seeds, models, args.baseline)
+        out = TESTBEDS[args.testbed].out / "across-models" / args.report
+        out.mkdir(parents=True, exist_ok=True)
+        argv = shlex.join(report_argv(args.testbed, args.cells, seeds, args.report, args.baseline, models))
+        (out / "models.md").write_text(f"`{argv}`\n\n" + "\n".join(lines) + "\n")
+        (out / "models.json").write_text(json.dumps({"command": argv, "differences": data}, indent=1) + "\n")
+        print("\n".join(lines))
     return 0
 
 

@@ -245,6 +245,9 @@ def paired_statistics(results: list[dict], baseline: str, split: str = "test") -
             values = {seed: v for seed, v in values.items() if v is not None}
             mean, std = mean_std(values.values())
             entry[label] = {"mean": mean, "std": std, "n": len(values)}
+            if method == baseline:  # no difference to itself: the cells stay empty (null in JSON)
+                entry[f"{label}_vs_{baseline}"] = None
+                continue
             base_values = {seed: _run_value(run, key) for seed, run in base.items()}
             seeds = sorted(s for s in values if base_values.get(s) is not None)
             diff = paired_difference([values[s] for s in seeds], [base_values[s] for s in seeds])
@@ -289,10 +292,14 @@ def statistics_lines(stats: dict, baseline: str, split: str) -> list[str]:
         for label in ("final", "auc"):
             cells.append(f"{entry[label]['mean']:.3f} +/- {entry[label]['std']:.3f} (n={entry[label]['n']})")
         for label in ("final", "auc"):
-            d = entry[f"{label}_vs_{baseline}"]
-            cells.append(f"{_fmt(d['mean'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]")
-            cells.append(_p(d["p_value"]))
-        cells.append(str(entry[f"final_vs_{baseline}"]["n"]))
+            d = entry[f"{label}_vs_{baseline}"]  # None on the baseline's own row: empty cells
+            cells += (
+                [f"{_fmt(d['mean'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]", _p(d["p_value"])]
+                if d
+                else ["", ""]
+            )
+        paired = entry[f"final_vs_{baseline}"]
+        cells.append(str(paired["n"]) if paired else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

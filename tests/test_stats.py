@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hsd.compare import paired_statistics
+from hsd.compare import paired_statistics, statistics_lines
 from hsd.stats import curve_auc, mean_std, paired_difference, student_t_cdf, student_t_quantile
 
 # Student (1908) / Cushny & Peebles sleep data: extra hours of sleep, drug 2 minus drug 1, per patient.
@@ -63,7 +63,11 @@ def test_paired_statistics_on_a_constructed_comparison():
     assert (d["low"], d["high"]) == (pytest.approx(-0.04841, abs=1e-5), pytest.approx(0.44841, abs=1e-5))
     assert d["p_value"] == pytest.approx(0.074180, abs=1e-6)
     assert stats["hsd"]["auc"]["mean"] == pytest.approx((0.4 + 0.7) / 2)  # seed 1: (0.4 + 0.7) / 2 = 0.55
-    assert stats["grpo"]["final_vs_grpo"]["mean"] == 0.0
+    # the baseline's own row has no difference to itself: null in comparison.json, empty cells in the table
+    assert stats["grpo"]["final_vs_grpo"] is None and stats["grpo"]["auc_vs_grpo"] is None
+    rows = {line.split(" | ")[0]: line for line in statistics_lines(stats, "grpo", "test")}
+    assert rows["| grpo"].endswith("(n=3) |  |  |  |  |  |"), rows["| grpo"]
+    assert rows["| hsd"].count("[") == 2 and rows["| hsd"].endswith("| 3 |")
 
     # only seed 0 of grpo was evaluated on the validation split: hsd has no validation row, not a NaN one
     results[0] |= {"validation_final_accuracy": 0.5, "validation_curve": [(0, 0.4), (10, 0.5)]}

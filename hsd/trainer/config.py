@@ -169,6 +169,13 @@ class HSDConfig(GRPOConfig):
         default=2,
         metadata={"help": "Half-width w of distill_positions=tau_window: positions with |t - tau| <= w."},
     )
+    sharper_teacher_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Distil only positions where the teacher (after teacher_temperature) has lower entropy "
+            "than the student, H(pT) < H(pS); the other positions' L_t count as 0 in Eq. 10's token mean."
+        },
+    )
     distill_weight: float | None = field(
         default=None, metadata={"help": "Weight of the distillation loss (pure HSD 1.0). Preset if unset."}
     )

@@ -687,7 +687,12 @@ class HSDTrainer(GRPOTrainer):
         kept = distill_position_mask(
             inputs["hsd_tau"], mask.size(1), self.args.distill_positions, self.args.tau_window
         )
-        loss = self._aggregate(div, distill_mask * kept.float())
+        distilled = div
+        if self.args.sharper_teacher_only:  # Eq. 10 with L_t x 1[H(pT_t) < H(pS_t)], still over all of o_i
+            sharper = (terms.teacher_entropy < terms.student_entropy).float()
+            self._log_mean("hsd/sharper_teacher_frac", sharper, distill_mask * kept.float())
+            distilled = div * sharper
+        loss = self._aggregate(distilled, distill_mask * kept.float())
         if with_ref:  # sequence-level KL to the initial policy, beta (method doc, step 7)
             kl = reference_kl(s_logp, inputs["ref_per_token_logps"])
             loss = loss + self.beta * self._aggregate(kl, mask)

@@ -74,6 +74,35 @@ def test_tau_window_distils_only_the_window_of_failures_with_a_peer(tiny_model_d
         assert trainer._distillation_loss(trainer.model, inputs).item() == pytest.approx(expected.item())
 
 
+def test_sharper_teacher_only_distils_where_the_teacher_entropy_is_below_the_students(
+    tiny_model_dir, tmp_path
+):
+    trainer = scripted_trainer(tiny_model_dir, tmp_path / "out", method="hsd", sharper_teacher_only=True)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    model, mask = trainer.model, inputs["completion_mask"].float()
+    with torch.no_grad():  # Eq. 10 with L_t zeroed where H(pT) >= H(pS), each rollout's mean over all of o_i
+        distill = inputs["distill_mask"].bool()
+        positions = mask.bool() & distill[:, None]
+        terms = trainer._student_terms(
+            model, inputs, positions, trainer._teacher_hidden(model, inputs, distill)
+        )
+        sharper = terms.teacher_entropy < terms.student_entropy
+        assert sharper[positions].any() and not sharper[positions].all()  # both kinds of position
+        distill_mask = mask * distill[:, None].float()
+        expected = aggregate(terms.divergence * sharper.float(), distill_mask, "sequence_mean")
+        everywhere = aggregate(terms.divergence, distill_mask, "sequence_mean")
+        before = trainer._distillation_loss(model, inputs).item()
+        assert 0 < before == pytest.approx(expected.item()) and before < everywhere.item()
+    assert 0 < trainer._metrics["train"]["hsd/sharper_teacher_frac"][-1] < 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    trainer._distillation_loss(model, inputs).backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert trainer._distillation_loss(model, inputs).item() < before
+
+
 def test_training_logs_the_diagnostics_by_region(tiny_model_dir, tmp_path):
     trainer = scripted_trainer(tiny_model_dir, tmp_path / "out", method="hsd")
     trainer.train()
