@@ -59,7 +59,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "reference_column",
     ),
     "loss": ("divergence", "divergence_alpha", "divergence_topk", "divergence_clip", "distill_positions",
-             "tau_window"),
+             "tau_window", "sharper_teacher_only"),
     "performance": (
         "divergence_chunk_size", "skip_undistilled_teacher", "teacher_prefix_cache", "teacher_inference_mode",
         "analytic_distill_head", "distill_grad_cache_mb",
