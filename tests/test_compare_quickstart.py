@@ -38,20 +38,25 @@ def test_the_quick_start_trains_grpo_hsd_and_the_recipe_of_the_sharpened_teacher
     assert dict(SHARP_TEACHER.changes) == changed == {"teacher_temperature": 0.5}
 
 
-def test_an_arm_trains_its_method_with_its_changes_under_its_label(tiny_model_dir, tmp_path):
-    recipe = {
-        "model": str(tiny_model_dir),
-        "dataset": "testbed:chain?variant=single&n=8&split=train",
-        "max_steps": 1,
-        "per_device_train_batch_size": 4,
+def tiny_recipe(model_dir: Path, n: int, **fields) -> dict:
+    """A CPU recipe on the tiny model: `n` training chains, no checkpoints, no reports, one verifier worker."""
+    return {
+        "model": str(model_dir),
+        "dataset": f"testbed:chain?variant=single&n={n}&split=train",
         "num_generations": 4,
-        "max_completion_length": 16,
         "use_cpu": True,
         "bf16": False,
         "save_strategy": "no",
         "report_to": [],
         "reward_workers": 1,
+        **fields,
     }
+
+
+def test_an_arm_trains_its_method_with_its_changes_under_its_label(tiny_model_dir, tmp_path):
+    recipe = tiny_recipe(
+        tiny_model_dir, n=8, max_steps=1, per_device_train_batch_size=4, max_completion_length=16
+    )
     arm = Arm("hsd-cold", "hsd", (("teacher_temperature", 2.0),))
     [result] = compare(recipe, [arm], [0], tmp_path)
     used = json.loads((tmp_path / "hsd-cold" / "seed-0" / "recipe.json").read_text())["config"]
@@ -62,20 +67,10 @@ def test_an_arm_trains_its_method_with_its_changes_under_its_label(tiny_model_di
 
 @pytest.mark.slow
 def test_compare_two_methods_two_seeds_and_rerun_skips_finished(tiny_model_dir, tmp_path):
-    recipe = {
-        "model": str(tiny_model_dir),
-        "dataset": "testbed:chain?variant=single&n=16&split=train",
-        "max_steps": 2,
-        "per_device_train_batch_size": 8,
-        "num_generations": 4,
-        "max_completion_length": 24,
-        "use_cpu": True,
-        "bf16": False,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "reward_workers": 1,
-    }
+    recipe = tiny_recipe(
+        tiny_model_dir, n=16, max_steps=2, per_device_train_batch_size=8, max_completion_length=24
+    )
+    recipe["logging_steps"] = 1
     held_out = load_problems("testbed:chain?variant=single&n=6&split=test")
     out = tmp_path / "cmp"
     first = compare(recipe, ["hsd", "grpo"], [0], out, eval_problems=held_out, eval_every=1, eval_k=1)
