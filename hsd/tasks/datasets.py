@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from hsd.core.checks import is_number
 from hsd.errors import MissingInputError, UserError
 from hsd.tasks.benchmarks import BENCHMARKS, check_split, hub_rows, hub_source, mirror_file, mirror_folder
 from hsd.tasks.math import gsm8k_gold, gsm8k_reference, last_boxed
@@ -261,7 +262,7 @@ def _pick(row: dict, our_name: str, candidates: tuple[str, ...], field_map: dict
 
 def _text(row: dict, field: str, allow_numbers: bool = False) -> str:
     value = row[field]
-    if allow_numbers and isinstance(value, int | float) and not isinstance(value, bool):
+    if allow_numbers and is_number(value):
         value = str(value)
     if not isinstance(value, str):
         wanted = "a string or number" if allow_numbers else "a string"
