@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsd.tasks.problem import chat_prompt
 from hsd.teacher.prompt import tokenize_prompt
 
 MODEL_CONFIGS = ("tiny", "qwen3-0.6b", "qwen3-1.7b")
@@ -149,7 +150,7 @@ def fixed_batch(tokenizer, n_questions: int, group_size: int, completion_len: in
     for _ in range(n_questions):
         a, b = rng.randrange(100, 1000), rng.randrange(100, 1000)
         question = f"Compute {a} + {b}. Think step by step, then give the final answer."
-        rows.append({"prompt": [{"role": "user", "content": question}], "answer": str(a + b)})
+        rows.append({"prompt": chat_prompt(question), "answer": str(a + b)})
 
     def realistic(groups) -> bool:
         rate = sum(map(sum, groups)) / (n_questions * group_size)

@@ -17,7 +17,7 @@ from hsd.core.checks import is_number
 from hsd.errors import MissingInputError, UserError
 from hsd.tasks.benchmarks import BENCHMARKS, check_split, hub_rows, hub_source, mirror_file, mirror_folder
 from hsd.tasks.math import gsm8k_gold, gsm8k_reference, last_boxed
-from hsd.tasks.problem import KINDS, Problem
+from hsd.tasks.problem import KINDS, Problem, chat_prompt
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CODE_INSTRUCTION = "Write the complete Python function `{entry_point}` in a single ```python code block."
@@ -368,7 +368,7 @@ def to_hf_dataset(problems: list[Problem]):
         raise UserError("to_hf_dataset: no problems")
     return datasets.Dataset.from_dict(
         {
-            "prompt": [[{"role": "user", "content": p.prompt}] for p in problems],
+            "prompt": [chat_prompt(p.prompt) for p in problems],
             "answer": [p.answer for p in problems],
             "reference": [p.reference or "" for p in problems],
             "kind": [p.kind for p in problems],
