@@ -9,18 +9,11 @@ from collections import Counter
 
 import torch
 
+from hsd.core import tau
 from hsd.core.contexts import build_contexts
 from hsd.core.distill import distill_terms
 from hsd.core.losses import DIVERGENCE_KINDS, aggregate, token_divergence
 from hsd.core.peers import PEER_RULES, group_outcomes, select_peers
-from hsd.core.tau import (
-    coverage,
-    credit_profile,
-    first_divergence,
-    mass_within,
-    optimal_coverage,
-    optimal_success_rate,
-)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -77,16 +70,16 @@ def _show_divergence_point(generator: torch.Generator) -> None:
     cut = int(torch.randint(5, 30, (1,), generator=generator))
     failed[cut:] = torch.randint(1000, (40 - cut,), generator=generator)
     failed[cut] = (peer[cut] + 1) % 1000  # make sure they differ at the cut
-    tau = first_divergence(failed, peer)
-    print(f"shared prefix of {cut} tokens -> tau = {tau}")
+    point = tau.first_divergence(failed, peer)
+    print(f"shared prefix of {cut} tokens -> tau = {point}")
     # a synthetic |A_t|: a peak at tau decaying over ~5 tokens, plus noise
     positions = torch.arange(len(failed), dtype=torch.float32)
-    credit = torch.exp(-(positions - tau).abs() / 5) + 0.05 * torch.rand(len(failed), generator=generator)
-    offsets, means, _ = credit_profile([credit], [tau], window=4)
+    credit = torch.exp(-(positions - point).abs() / 5) + 0.05 * torch.rand(len(failed), generator=generator)
+    offsets, means, _ = tau.credit_profile([credit], [point], window=4)
     print("profile around tau:", " ".join(f"{d:+d}:{m:.2f}" for d, m in zip(offsets, means)))
     print(
         "share of |A| within |t - tau| <= w:",
-        {w: round(s, 2) for w, s in mass_within([credit], [tau]).items()},
+        {w: round(s, 2) for w, s in tau.mass_within([credit], [point]).items()},
     )
 
 
@@ -94,7 +87,8 @@ def _show_coverage() -> None:
     _section("coverage f(p, G) = (1-p)[1-(1-p)^(G-1)] (Eq. 12)")
     print(f"{'G':>4} {'p*':>6} {'f*':>6} {'f(0.5)':>7}")
     for G in (4, 8, 16, 32, 64):
-        print(f"{G:>4} {optimal_success_rate(G):>6.3f} {optimal_coverage(G):>6.3f} {coverage(0.5, G):>7.3f}")
+        best_p, best_f = tau.optimal_success_rate(G), tau.optimal_coverage(G)
+        print(f"{G:>4} {best_p:>6.3f} {best_f:>6.3f} {tau.coverage(0.5, G):>7.3f}")
 
 
 def _show_losses(generator: torch.Generator) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from hsd.core.checks import is_int
-from hsd.tasks.problem import Problem, Verdict
+from hsd.tasks.problem import Problem, Verdict, chat_prompt
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_all
 from hsd.teacher.prompt import tokenize_prompt
 
@@ -37,14 +37,9 @@ class SamplingSettings:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def chat_prompt(problem: Problem) -> list[dict]:
-    """The student's conversation: one user message holding the question."""
-    return [{"role": "user", "content": problem.prompt}]
-
-
 def prompt_ids(tokenizer, problem: Problem) -> list[int]:
     """The chat-templated student prompt, tokenized as the trainer tokenizes it."""
-    return tokenize_prompt(tokenizer, chat_prompt(problem))
+    return tokenize_prompt(tokenizer, chat_prompt(problem.prompt))
 
 
 def eos_ids(model, tokenizer) -> list[int]:

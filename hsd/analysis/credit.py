@@ -28,8 +28,8 @@ from hsd.core.tau import (
     silence_curve,
 )
 from hsd.models import language_model
-from hsd.sampling import SamplingSettings, VerifiedGroups, chat_prompt, progress_bar, sample_and_verify
-from hsd.tasks.problem import UNCOMPUTED, Problem
+from hsd.sampling import SamplingSettings, VerifiedGroups, progress_bar, sample_and_verify
+from hsd.tasks.problem import UNCOMPUTED, Problem, chat_prompt
 from hsd.tasks.rewards import Verifier
 from hsd.teacher.prefix import padded, prefix_shared_hidden
 from hsd.teacher.prompt import teacher_input_ids, tokenize_prompt
@@ -431,7 +431,7 @@ def score_rollouts(
     sequences, targets = [], []
     for r in rollouts:
         problem = problems[r.problem_id]
-        prompt = chat_prompt(problem)
+        prompt = chat_prompt(problem.prompt)
         sequences.append((tokenize_prompt(tokenizer, prompt), r.completion_ids))
         targets.append((r, None))
         for context in contexts:

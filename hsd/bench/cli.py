@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from hsd.bench.fixtures import MODEL_CONFIGS, OPTIMISATIONS_OFF
@@ -85,20 +86,9 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def setup_from_args(args) -> BenchSetup:
-    return BenchSetup(
-        model_config=args.model_config,
-        random_init=args.random_init,
-        batch=args.batch,
-        group_size=args.group_size,
-        completion_len=args.completion_len,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing,
-        overrides=config_overrides(args),
-    )
+    """The BenchSetup of the parsed options: each field from the option of its name, then the overrides."""
+    options = {f.name: getattr(args, f.name) for f in fields(BenchSetup) if f.name != "overrides"}
+    return BenchSetup(**options, overrides=config_overrides(args))
 
 
 def format_table(report: dict) -> str:

@@ -11,11 +11,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hsd.tasks.problem import chat_prompt
 from hsd.teacher.prompt import tokenize_prompt
 
-MODEL_CONFIGS = ("tiny", "qwen3-0.6b", "qwen3-1.7b")
 SMOLLM2_VOCAB = 49_152
 QWEN3_VOCAB = 151_936
+
+_QWEN3 = dict(model_type="qwen3", vocab_size=QWEN3_VOCAB, num_hidden_layers=28, num_attention_heads=16,
+              num_key_value_heads=8, head_dim=128, max_position_embeddings=40_960, rope_theta=1_000_000.0,
+              rms_norm_eps=1e-6, tie_word_embeddings=True)  # fmt: skip
+# the built-in model shapes (random init): "tiny", a small Llama with SmolLM2's vocabulary (the LM head
+# dominates, as in small models), and Qwen3-0.6B / 1.7B
+MODEL_CONFIGS: dict[str, dict] = {
+    "tiny": dict(model_type="llama", vocab_size=SMOLLM2_VOCAB, hidden_size=128, intermediate_size=384,
+                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                 tie_word_embeddings=True),
+    "qwen3-0.6b": {**_QWEN3, "hidden_size": 1024, "intermediate_size": 3072},
+    "qwen3-1.7b": {**_QWEN3, "hidden_size": 2048, "intermediate_size": 6144},
+}  # fmt: skip
+
 # HSDConfig fields that switch the teacher / student pass optimisations; --plain sets each to "off".
 OPTIMISATIONS_OFF = {
     "skip_undistilled_teacher": False,
@@ -28,36 +42,11 @@ OPTIMISATIONS_OFF = {
 
 def model_config(name: str):
     """A transformers config for a built-in shape (random init; no hub access), or a local directory's."""
-    from transformers import AutoConfig, LlamaConfig, Qwen3Config
+    from transformers import AutoConfig
 
-    if name == "tiny":  # a small Llama with SmolLM2's vocabulary: the LM head dominates, as in small models
-        return LlamaConfig(
-            vocab_size=SMOLLM2_VOCAB,
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-        )
-    qwen3 = {
-        "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072),
-        "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144),
-    }
-    if name in qwen3:
-        return Qwen3Config(
-            vocab_size=QWEN3_VOCAB,
-            num_hidden_layers=28,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            head_dim=128,
-            max_position_embeddings=40_960,
-            rope_theta=1_000_000.0,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
-            **qwen3[name],
-        )
+    if name in MODEL_CONFIGS:
+        shape = dict(MODEL_CONFIGS[name])
+        return AutoConfig.for_model(shape.pop("model_type"), **shape)
     path = Path(name)
     if not (path / "config.json").is_file():
         raise ValueError(
@@ -149,7 +138,7 @@ def fixed_batch(tokenizer, n_questions: int, group_size: int, completion_len: in
     for _ in range(n_questions):
         a, b = rng.randrange(100, 1000), rng.randrange(100, 1000)
         question = f"Compute {a} + {b}. Think step by step, then give the final answer."
-        rows.append({"prompt": [{"role": "user", "content": question}], "answer": str(a + b)})
+        rows.append({"prompt": chat_prompt(question), "answer": str(a + b)})
 
     def realistic(groups) -> bool:
         rate = sum(map(sum, groups)) / (n_questions * group_size)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from hsd.core.checks import is_int
 from hsd.core.head import chunks_on_every_rank, logit_softcap, sampled_logps
 from hsd.core.losses import check_divergence_options, token_divergence
 
@@ -322,7 +323,7 @@ def _check_arguments(teacher_NH, student_NH, token_ids_N, head, bias, chunk_size
         raise ValueError("head must be a weight tensor [V, H] or a module mapping [n, H] to [n, V] logits")
     elif bias is not None:
         raise ValueError("bias goes with a weight tensor head; a module head applies its own")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 

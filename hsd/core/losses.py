@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hsd.core.checks import is_int, is_number
+
 # kl_teacher_student: Eq. 13, the default. See `token_divergence` for the others.
 DIVERGENCE_KINDS = ("kl_teacher_student", "kl_student_teacher", "jsd", "sampled_token", "topk")
 AGGREGATION_MODES = ("sequence_mean", "token_mean", "fixed_length")
@@ -21,11 +23,11 @@ def check_divergence_options(kind: str, alpha: float | None, topk: int | None, c
         raise ValueError(f"kind must be one of {DIVERGENCE_KINDS}, got {kind!r}")
     if alpha is None:
         alpha = 0.5
-    elif isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
+    elif not is_number(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if kind == "topk" and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+    if kind == "topk" and (not is_int(topk) or topk < 1):
         raise ValueError(f"kind 'topk' needs topk, a positive int, got {topk!r}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0):
+    if clip is not None and (not is_number(clip) or not clip > 0):
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
     return float(alpha)
 
@@ -197,7 +199,7 @@ def aggregate(
     total = torch.where(keep_BT, values_BT, 0.0).sum()
     if mode == "token_mean":
         return total / (keep_BT.sum().clamp(min=1) if num_tokens is None else num_tokens)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+    if not is_int(max_length) or max_length < 1:
         raise ValueError(f"mode 'fixed_length' needs max_length, a positive int, got {max_length!r}")
     return total / (values_BT.shape[0] * max_length)
 
@@ -218,7 +220,7 @@ def rlsd_token_weights(
         raise ValueError(
             f"teacher_logps_BT must have the shape of student_logps_BT {tuple(student_logps_BT.shape)}"
         )
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
+    if not is_number(eps) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
     with torch.no_grad():
         sign_B1 = torch.sign(advantages_B.float()).unsqueeze(-1)
@@ -229,7 +231,7 @@ def rlsd_token_weights(
 def rlsd_advantages(advantages_B: torch.Tensor, weights_BT: torch.Tensor, lam: float) -> torch.Tensor:
     """RLSD per-token advantage A_t = A ((1 - lam) + lam w_t)."""
     _check_advantages(advantages_B, weights_BT, "weights_BT")
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0.0 <= lam <= 1.0:
+    if not is_number(lam) or not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
     return advantages_B.unsqueeze(-1) * ((1.0 - lam) + lam * weights_BT)
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from hsd.core.checks import is_number
 from hsd.errors import MissingInputError, UserError
 from hsd.tasks.benchmarks import BENCHMARKS, check_split, hub_rows, hub_source, mirror_file, mirror_folder
 from hsd.tasks.math import gsm8k_gold, gsm8k_reference, last_boxed
-from hsd.tasks.problem import KINDS, Problem
+from hsd.tasks.problem import KINDS, Problem, chat_prompt
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CODE_INSTRUCTION = "Write the complete Python function `{entry_point}` in a single ```python code block."
@@ -261,7 +262,7 @@ def _pick(row: dict, our_name: str, candidates: tuple[str, ...], field_map: dict
 
 def _text(row: dict, field: str, allow_numbers: bool = False) -> str:
     value = row[field]
-    if allow_numbers and isinstance(value, int | float) and not isinstance(value, bool):
+    if allow_numbers and is_number(value):
         value = str(value)
     if not isinstance(value, str):
         wanted = "a string or number" if allow_numbers else "a string"
@@ -367,7 +368,7 @@ def to_hf_dataset(problems: list[Problem]):
         raise UserError("to_hf_dataset: no problems")
     return datasets.Dataset.from_dict(
         {
-            "prompt": [[{"role": "user", "content": p.prompt}] for p in problems],
+            "prompt": [chat_prompt(p.prompt) for p in problems],
             "answer": [p.answer for p in problems],
             "reference": [p.reference or "" for p in problems],
             "kind": [p.kind for p in problems],

@@ -30,3 +30,10 @@ class Verdict:
     reason: str  # short machine-readable cause: "correct", "wrong", "no_answer", "timeout", "error", ...
     feedback: str = ""  # human-readable detail a teacher context can use (first failing test, ...)
     extra: dict[str, Any] = field(default_factory=dict)  # verifier-specific (pass fraction, error position)
+
+
+def chat_prompt(question: str) -> list[dict]:
+    """The student's conversation: one user message holding the question (TRL's conversational `prompt`).
+    The one builder of the student prompt: the training dataset, sampling for eval and analysis, and the
+    prompt-length check all call it."""
+    return [{"role": "user", "content": question}]

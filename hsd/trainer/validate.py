@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 from hsd.errors import UserError
+from hsd.tasks.problem import chat_prompt
 
 LONG_PROMPT_POLICIES = ("refuse", "truncate")
 
@@ -215,9 +216,7 @@ def _prompt_tokens(tokenizer, texts: list[str], budget: int | None = None) -> tu
     """
     if getattr(tokenizer, "chat_template", None):
         texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
-            )
+            tokenizer.apply_chat_template(chat_prompt(t), tokenize=False, add_generation_prompt=True)
             for t in texts
         ]
         options = {"add_special_tokens": False, "verbose": False}

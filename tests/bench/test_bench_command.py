@@ -104,6 +104,17 @@ def test_bad_arguments_are_named():
         cli.main(_args(argv=["--methods", "ppo"]))
 
 
+def test_each_option_sets_the_bench_setup_field_of_its_name():
+    argv = ["--model-config", "qwen3-0.6b", "--random-init", "--batch", "2", "--group-size", "3",
+            "--completion-len", "9", "--repeats", "5", "--warmup", "0", "--device", "cuda", "--dtype", "bfloat16",
+            "--seed", "7", "--no-gradient-checkpointing", "--beta", "0.1"]  # fmt: skip
+    setup = cli.setup_from_args(_args(argv=argv))
+    assert setup == step.BenchSetup(
+        "qwen3-0.6b", True, 2, 3, 9, 5, 0, "cuda", "bfloat16", 7, False, {"beta": 0.1}
+    )
+    assert cli.setup_from_args(_args()) == step.BenchSetup()
+
+
 def test_a_misspelt_field_stops_hsd_bench_with_one_line(capsys):
     from hsd import cli as hsd_cli
 

@@ -164,3 +164,25 @@ def test_prompt_budget_and_truncation_keep_the_end_of_the_prompt():
     assert fitted[0] == problems[0] and fitted[1].prompt.endswith("x the question?")
     assert len(fitted[1].prompt) == 100 - 2  # one token per character, plus <u> and <a> around it
     assert notes == ["f.jsonl: row 2: prompt truncated to 100 tokens (long_prompts: truncate)"]
+
+
+def test_training_sampling_and_the_length_check_build_the_same_student_prompt():
+    """One builder (`hsd.tasks.problem.chat_prompt`): the rows TRL trains on, the ids eval and analysis
+    sample from, and the prompt-length check all see the same chat-templated prompt, token for token."""
+    from hsd.sampling import prompt_ids
+    from hsd.tasks.datasets import to_hf_dataset
+    from hsd.teacher.prompt import tokenize_prompt
+    from tests.conftest import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    questions = ["What is 2 + 3?", "Line one\nline two: 'single' and \"double\" quotes", "  spaced out  "]
+    problems = [Problem(str(i), question, "5") for i, question in enumerate(questions)]
+    for problem, row in zip(problems, to_hf_dataset(problems)["prompt"]):
+        assert row == [{"role": "user", "content": problem.prompt}]
+        ids = prompt_ids(tokenizer, problem)
+        assert ids == tokenize_prompt(tokenizer, row)  # as TRL tokenizes the training row
+        text = tokenizer.apply_chat_template(row, tokenize=False, add_generation_prompt=True)
+        assert tokenizer.decode(ids) == text == f"<u>{problem.prompt}<a>"
+        assert fit_prompts([problem], tokenizer, len(ids), "refuse") == ([problem], [])
+        with pytest.raises(UserError, match=f"the prompt is {len(ids)} tokens long; at most {len(ids) - 1}"):
+            fit_prompts([problem], tokenizer, len(ids) - 1, "refuse")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
@@ -124,6 +125,26 @@ def test_every_own_hsd_field_has_one_help_group():
     own = [f.name for f in fields(HSDConfig) if f.name not in GRPOConfig.__dataclass_fields__]
     grouped = [name for names in HELP_GROUPS.values() for name in names]
     assert sorted(grouped) == sorted(own)
+
+
+def test_the_docs_list_every_own_hsd_field_under_its_help_group():
+    """docs/trainer.md's "Knobs" has a section per help group, in order, each naming its group's fields (a
+    pattern such as `teacher_*_template` names several; a TRL field may stand there too)."""
+    text = (CONFIGS.parent / "docs" / "trainer.md").read_text()
+    knobs = text.split("## Knobs (HSDConfig fields)\n", 1)[1].split("\n## ", 1)[0]
+    own = [f.name for f in fields(HSDConfig) if f.name not in GRPOConfig.__dataclass_fields__]
+    parts = re.split(r"^### (.+)$", knobs, flags=re.M)[1:]
+    listed = {}
+    for topic, body in zip(parts[::2], parts[1::2]):
+        cells = [line.split("|")[1] for line in body.splitlines() if line.startswith("| `")]
+        names = [name for cell in cells for name in re.findall(r"`([^`]+)`", cell)]
+        listed[topic] = sorted(f for f in own if any(fnmatch.fnmatch(f, name) for name in names))
+        unknown = [
+            n for n in names if n not in GRPOConfig.__dataclass_fields__ and not fnmatch.filter(own, n)
+        ]
+        assert not unknown, (topic, unknown)
+    assert listed == {topic: sorted(names) for topic, names in HELP_GROUPS.items()}
+    assert list(listed) == list(HELP_GROUPS)
 
 
 def test_one_more_dataclass_is_one_more_help_group():
