@@ -497,7 +497,7 @@ class HSDTrainer(GRPOTrainer):
         args = self.args
         group_size = self.num_generations if self.model.training else self.num_generations_eval
         if not args.needs_teacher:
-            return plan_teachers(rewards, group_size, mode=None, threshold=args.success_threshold)
+            return plan_teachers(rewards, group_size, context=None, threshold=args.success_threshold)
         answers = gather_object([str(x.get(args.answer_column, "") or "") for x in scored.inputs])
         references = None
         if args.context == "reference":
@@ -509,7 +509,7 @@ class HSDTrainer(GRPOTrainer):
             rewards,
             group_size,
             all_ids,
-            mode=args.context,
+            context=args.context,
             rule=args.peer_rule,
             generator=self._peer_generator(),
             answers=answers,
