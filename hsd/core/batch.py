@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import torch
 
 
-def padded(rows: Sequence[Sequence[int]], *, left: bool, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(
+    rows: Sequence[Sequence[int]], *, left: bool, pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id rows as one [n, longest] batch and its attention mask, padded on the left or the right."""
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
