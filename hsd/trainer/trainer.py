@@ -84,7 +84,7 @@ class HSDTrainer(GRPOTrainer):
                 model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs
             )
         check_engine_launched(self.accelerator, args.use_cpu)
-        self.run_lock = run_lock
+        self.run_lock = run_lock  # `hsd train`'s lock on output_dir, held as long as the trainer lives
         self.synchronize_timers = False  # True (hsd.bench.meter, on CUDA): the teacher's timer waits for it
         self.phases = PhaseTimer()  # this step's phase times; hsd.bench.meter reads phases.seconds["teacher"]
         self.step_metrics = StepMetrics(self)  # HSD's metrics, written into TRL's `_metrics`
