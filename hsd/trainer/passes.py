@@ -1,5 +1,6 @@
-"""The two model passes of an HSD step: the teacher pass (`teacher_hidden`) and the student pass
-(`student_terms`), and the completions' mean log-probs the perplexity peer rules rank (`mean_completion_logps`).
+"""The two model passes of an HSD step, the teacher pass (`teacher_hidden`) and the student pass
+(`student_terms`), and the completions' mean log-probs that the perplexity peer rules rank
+(`mean_completion_logps`).
 
 Each owns its forward: the decoder stack (`hsd.models.language_model`, so an adapter is applied as it is
 switched), the shared-prefix KV cache of the teacher (`hsd.teacher.prefix`), the positions that predict the
