@@ -106,7 +106,8 @@ class HSDTrainer(GRPOTrainer):
 
     def _set_up_teacher(self, args: HSDConfig) -> None:
         """The passes' forward on the policy, and the teacher's weights: the live policy (`teacher_model`
-        None), a frozen / EMA copy (`teacher_model`), or an adapter run's teacher adapter (`adapter_teacher`)."""
+        None), a frozen / EMA copy (`teacher_model`), or an adapter run's teacher adapter
+        (`adapter_teacher`)."""
         passes.install_pass_forward(self.model)
         policy = self.accelerator.unwrap_model(self.model)
         if is_adapter_model(policy):
@@ -316,7 +317,8 @@ class HSDTrainer(GRPOTrainer):
         return plan_teachers(
             rewards, group_size, all_ids, context=args.context, rule=args.peer_rule,
             generator=self._peer_generator(), answers=answers, references=references, logps=logps,
-            fallback=args.fallback, distill_successes=args.distill_successes, threshold=args.success_threshold,
+            fallback=args.fallback, distill_successes=args.distill_successes,
+            threshold=args.success_threshold,
         )  # fmt: skip
 
     def _teacher_prompts(
@@ -326,15 +328,15 @@ class HSDTrainer(GRPOTrainer):
         left-padded; one pad token where not distilled), `distill_mask`, `hsd_tau` and `hsd_success`."""
         args = self.args
         n_local = len(scored.completion_ids)
-        local = slice(
-            self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local
-        )
+        start = self.accelerator.process_index * n_local
+        local = slice(start, start + n_local)
         contexts = plan.contexts[local]
         peer_ids = [all_ids[c.peer] if c is not None and c.peer is not None else None for c in contexts]
         with self.phases.timed("teacher_prompts"):
             teacher = teacher_input_ids(
-                scored.prompts, all_ids[local], contexts, peer_ids, self.processing_class, args.teacher_template,
-                max_peer_tokens=args.max_peer_tokens, chat_template_kwargs=self.chat_template_kwargs,
+                scored.prompts, all_ids[local], contexts, peer_ids, self.processing_class,
+                args.teacher_template, max_peer_tokens=args.max_peer_tokens,
+                chat_template_kwargs=self.chat_template_kwargs,
             )  # fmt: skip
         pad_id = self._tokenizer.pad_token_id
         ids, mask = padded([t[0] if t is not None else [pad_id] for t in teacher], left=True, pad_id=pad_id)
@@ -353,7 +355,8 @@ class HSDTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------- loss
     def _teacher_hidden(self, model, inputs, rows: torch.Tensor) -> torch.Tensor:
         """The teacher pass (`passes.teacher_hidden`) of the rows to distil, all rows unless
-        `skip_undistilled_teacher`: [B, T, H], through the teacher's shared prefixes with `teacher_prefix_cache`."""
+        `skip_undistilled_teacher`: [B, T, H], through the teacher's shared prefixes with
+        `teacher_prefix_cache`."""
         teacher = self.teacher_model if self.teacher_model is not None else model
         if not self.args.skip_undistilled_teacher:
             rows = torch.ones_like(rows, dtype=torch.bool)
