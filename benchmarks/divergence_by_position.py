@@ -56,13 +56,13 @@ def main() -> int:
         )
         trainer = build_trainer(script, config)
         captured = {}
-        log_credit = trainer._log_credit
+        log_credit = trainer.step_metrics.credit
 
         def capture(inputs, div, credit, mask):
             captured.update(inputs=inputs, div=div, mask=mask)
             return log_credit(inputs, div, credit, mask)
 
-        trainer._log_credit = capture
+        trainer.step_metrics.credit = capture
         trainer.train()
     tokenizer = trainer.processing_class
     inputs, div, mask = captured["inputs"], captured["div"], captured["mask"]

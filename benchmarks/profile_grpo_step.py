@@ -28,7 +28,7 @@ PHASES = {
     "loss: compute_loss (forward passes, head, loss, metrics)": ("", "compute_loss"),
     "  head: TRL ChunkedLogProbFunction.forward (log-probs + entropy)": ("chunked_logprob.py", "forward"),
     "  TRL metrics: get_high_entropy_mask / gathers in _compute_loss": ("accelerator.py", "gather"),
-    "  HSD teacher pass": ("trainer.py", "_teacher_hidden"),
+    "  HSD teacher pass": ("passes.py", "teacher_hidden"),
     "backward: accelerator.backward": ("accelerator.py", "backward"),
     "  head backward: TRL ChunkedLogProbFunction.backward": ("chunked_logprob.py", "backward"),
     "  head backward: HSD _TeacherStudentKL.backward": ("distill.py", "backward"),

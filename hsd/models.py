@@ -284,6 +284,18 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None):
     return model.eval()
 
 
+def model_for_trl(name_or_path: str, tokenizer=None) -> tuple:
+    """`(model, tokenizer)` for a trainer built on TRL from a model named by a string: the name TRL loads
+    itself (hub id or directory; `tokenizer` as given), or for a GGUF file, which TRL cannot rebuild from
+    its directory, the model loaded here for training and its tokenizer where none was given."""
+    source = resolve_model(name_or_path)
+    if not source.gguf_file:
+        return source.pretrained, tokenizer
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name_or_path)
+    return load_model(name_or_path).train(), tokenizer
+
+
 def _no_weight_file_bars(factory, args, kwargs):
     """A `transformers.utils.logging.set_tqdm_hook` hook: the bars of WEIGHT_FILE_BARS are disabled."""
     if kwargs.get("desc") in WEIGHT_FILE_BARS:

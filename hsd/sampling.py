@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hsd.core.batch import padded
 from hsd.core.checks import is_int
 from hsd.tasks.problem import Problem, Verdict, chat_prompt
 from hsd.tasks.rewards import VERIFIERS, Verifier, verify_all
@@ -60,16 +61,6 @@ def _cut_at_eos(row: list[int], stop: set[int]) -> list[int]:
     return row
 
 
-def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention[i, width - len(row) :] = 1
-    return input_ids, attention
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, n: int = 1,
              settings: SamplingSettings = SamplingSettings(), batch_size: int = 32, seed: int = 0,
@@ -105,7 +96,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, n: int = 1,
     out_rows: list[list[int] | None] = [None] * len(rows)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        input_ids, attention = _left_padded([rows[r][0] for r in batch], pad_id)
+        input_ids, attention = padded([rows[r][0] for r in batch], left=True, pad_id=pad_id)
         torch.manual_seed(seed + start)
         generated = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hsd.core.batch import padded
 from hsd.core.checks import is_int
 from hsd.core.contexts import context_for
 from hsd.core.head import chunked_token_logps, output_head
@@ -31,7 +32,7 @@ from hsd.models import language_model
 from hsd.sampling import SamplingSettings, VerifiedGroups, progress_bar, sample_and_verify
 from hsd.tasks.problem import UNCOMPUTED, Problem, chat_prompt
 from hsd.tasks.rewards import Verifier
-from hsd.teacher.prefix import padded, prefix_shared_hidden
+from hsd.teacher.prefix import distinct_prefixes, prefix_shared_hidden
 from hsd.teacher.prompt import teacher_input_ids, tokenize_prompt
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE, TeacherTemplate
 
@@ -381,17 +382,16 @@ def completion_logprobs(
     order = sorted(scored, key=lambda i: (tuple(sequences[i][0]), len(sequences[i][1])))
     lengths = {i: len(sequences[i][0]) + len(sequences[i][1]) for i in scored}
     for batch in _batches(order, lengths, batch_tokens):
-        prompts = [tuple(sequences[i][0]) for i in batch]
-        distinct = list(dict.fromkeys(prompts)) if share_prompts else prompts
-        index = {prompt: u for u, prompt in enumerate(distinct)}
-        prefix_of_row = [index[p] for p in prompts] if share_prompts else list(range(len(batch)))
-        prefix_ids, prefix_mask = padded(distinct, left=True)
+        prefix_ids, prefix_mask = padded([sequences[i][0] for i in batch], left=True)
+        prefix_of_row = torch.arange(len(batch))
+        if share_prompts:
+            prefix_ids, prefix_mask, prefix_of_row = distinct_prefixes(prefix_ids, prefix_mask)
         completion_ids, completion_mask = padded([sequences[i][1] for i in batch], left=False)
         hidden_RTH = prefix_shared_hidden(
             language_model(model).base_model,
             prefix_ids.to(device),
             prefix_mask.to(device),
-            torch.tensor(prefix_of_row, device=device),
+            prefix_of_row.to(device),
             completion_ids.to(device),
             completion_mask.to(device),
         )

@@ -205,7 +205,8 @@ def instrument(trainer, name: str, device: str, turns: TurnTable) -> list[dict]:
         out = training_step(*args, **kwargs)
         synchronize(device)
         clock["training_step"] = time.perf_counter() - start
-        clock["teacher"] = dict(getattr(trainer, "_phase", {})).get("teacher", 0.0)
+        phases = getattr(trainer, "phases", None)  # HSDTrainer's phase times (TRL's trainers have none)
+        clock["teacher"] = phases.seconds.get("teacher", 0.0) if phases is not None else 0.0
         clock["end_of_backward"] = time.perf_counter()
         return out
 

@@ -101,7 +101,7 @@ def plan_teachers(
     group_size: int,
     completion_ids: Sequence[Sequence[int]] | None = None,
     *,
-    mode: str | None = "hsd",
+    context: str | None = "hsd",
     rule: str = "uniform",
     generator: torch.Generator | None = None,
     answers: Sequence[str | None] | None = None,
@@ -115,10 +115,10 @@ def plan_teachers(
 
         success_i = R_i >= threshold                       step 1 (R_i NaN: not computed, a failure)
         o+_i      = a success of S_i = {j != i : R_j = 1}  steps 2-3, by `rule` (`select_peers`)
-        c_i       = (a*, o+_i), or a* without a peer       step 4, Eq. 9, under `mode` (`build_contexts`)
+        c_i       = (a*, o+_i), or a* without a peer       step 4, Eq. 9, of kind `context` (`build_contexts`)
         tau_i     = min { t : o_{i,t} != o+_{i,t} }        Eq. 11, for a failure whose c_i holds a peer
 
-    A rollout whose reward is NaN is never a peer and is not distilled. `mode=None` plans no teacher (a
+    A rollout whose reward is NaN is never a peer and is not distilled. `context=None` plans no teacher (a
     method without one): only `success` and the outcome statistics, and `generator` is not drawn from.
     `completion_ids` (token ids per rollout) give tau and the `shortest` rule's lengths; `logps` the
     perplexity rules' mean log-probs; `answers` / `references` are as in `build_contexts`. The random draws
@@ -129,7 +129,7 @@ def plan_teachers(
     success_N = [r >= threshold for r in scored_N]
     statistics = _outcome_statistics(scored_N, success_N, group_size, threshold)
     n = len(rewards_N)
-    if mode is None:
+    if context is None:
         return TeacherPlan(tuple(success_N), (None,) * n, (None,) * n, (NO_TAU,) * n, statistics)
     ids_N = _completion_ids(completion_ids, n)
     lengths_N = [len(ids) for ids in ids_N]
@@ -140,7 +140,7 @@ def plan_teachers(
         scored_N,
         group_size,
         peers_N,
-        mode,
+        context,
         answers=answers,
         references=references,
         fallback=fallback,

@@ -12,17 +12,7 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-
-def padded(rows: list, *, left: bool, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id rows as one [n, longest] batch and its attention mask, padded on the left or the right."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[r, span] = torch.tensor(list(row), dtype=torch.long)
-        mask[r, span] = 1
-    return ids, mask
+from hsd.core.batch import predicting_completion
 
 
 def distinct_prefixes(prompt_ids_RP: torch.Tensor, prompt_mask_RP: torch.Tensor):
@@ -109,7 +99,8 @@ def prefix_shared_hidden(
         T = completion_ids_RT.size(1)
         ids = torch.cat([prefix_ids_UP.index_select(0, prefix_of_row_R), completion_ids_RT], dim=1)
         mask = torch.cat([prefix_mask_UP.index_select(0, prefix_of_row_R), completion_mask_RT], dim=1)
-        return backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -T - 1 : -1]
+        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return predicting_completion(hidden, T)
     with checkpointing_off(backbone):
         prefix = backbone(input_ids=prefix_ids_UP, attention_mask=prefix_mask_UP, use_cache=True)
         last_RH = prefix.last_hidden_state[:, -1].index_select(0, prefix_of_row_R)

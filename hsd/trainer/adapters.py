@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hsd.trainer.engines import local_piece
+from hsd.trainer.engines import blend_params, local_piece, release_gathered
 
 TEACHER_ADAPTER = "hsd_teacher"
 
@@ -122,6 +122,16 @@ class AdapterTeacher:
             return cls(None)
         add_teacher_adapter(model)
         return cls(TEACHER_ADAPTER)
+
+    def active(self, model):
+        """The context of the teacher pass on `model` (the unwrapped policy): the teacher's adapter on."""
+        return active_adapter(model, self.adapter)
+
+    def update_ema(self, model, decay: float) -> None:
+        """teacher adapter <- decay * teacher adapter + (1 - decay) * trained adapter, on each process's
+        shards of `model` (the unwrapped policy); nothing else changes."""
+        release_gathered(model)
+        blend_params(*teacher_pairs(model), decay=decay)
 
     def parameters(self, model) -> list[tuple[str, torch.nn.Parameter]] | None:
         """The teacher's own weights, to checkpoint (None: it has none, the adapter is off)."""

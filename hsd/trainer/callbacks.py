@@ -80,3 +80,10 @@ class MetricsJsonlCallback(TrainerCallback):
                 offset = f.tell()
             f.write((json.dumps(record) + "\n").encode())
         self._last = (state.global_step, record, offset)
+
+
+class OnEvent(TrainerCallback):
+    """Calls `action()` at one trainer event (`"on_train_begin"`, `"on_step_end"`, ...)."""
+
+    def __init__(self, event: str, action):
+        setattr(self, event, lambda *args, **kwargs: action())

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 
-from hsd.trainer.guards import RunStopped
+from hsd.trainer.guards import NonFiniteWeightsError, RunStopped
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,75 @@ def staged_checkpoint(run_dir: Path, step: int, is_main: bool, wait_for_everyone
         kept = f"{intact.name} is intact" if intact else "no earlier checkpoint exists"
         what = "no space left on device" if full else f"{type(exc).__name__}: {str(exc)[:300]}"
         raise CheckpointSaveError(f"{what} while saving checkpoint-{step} to {run_dir}; {kept}") from exc
+
+
+def publish(state, run_dir: str, save_total_limit: int | None, is_main: bool) -> None:
+    """After a staged checkpoint is renamed into place: the best checkpoint's path without the staging
+    folder, and the oldest checkpoints beyond `save_total_limit` removed (transformers' rotation)."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    best = state.best_model_checkpoint
+    if best and STAGING in best:
+        state.best_model_checkpoint = best.replace(f"{STAGING}/", "")
+    if is_main:
+        rotate_checkpoints(run_dir, save_total_limit, state.best_model_checkpoint, True)
+
+
+def refuse_nonfinite_save(nonfinite: str | None, run_dir: Path, output_dir: Path) -> None:
+    """`NonFiniteWeightsError` naming the first non-finite parameter `nonfinite` (None: nothing to refuse)
+    and the newest intact checkpoint of `run_dir`."""
+    if nonfinite is None:
+        return
+    intact = newest_good_checkpoint(run_dir, warn=lambda _: None)
+    raise NonFiniteWeightsError(
+        f"not saving {output_dir.name}: the weights hold NaN or inf (first: {nonfinite}); "
+        + (f"{intact.name} is intact" if intact else "no earlier checkpoint exists")
+    )
+
+
+def teacher_parameters(trainer) -> list | None:
+    """The (name, parameter) pairs of the trainer's teacher weights of its own (a frozen / EMA copy or the
+    teacher adapter), which a checkpoint holds; None for a teacher without weights of its own (live, adapter
+    off)."""
+    unwrap = trainer.accelerator.unwrap_model
+    if trainer.teacher_model is not None:
+        return list(unwrap(trainer.teacher_model).named_parameters())
+    if trainer.adapter_teacher is not None:
+        return trainer.adapter_teacher.parameters(unwrap(trainer.model))
+    return None
+
+
+def _teacher_layout(accelerator) -> dict:
+    from hsd.trainer.engines import gathers_parameters
+
+    return dict(rank=accelerator.process_index, sharded=gathers_parameters(accelerator))
+
+
+def save_staged(trainer, run_dir: str, peer_draws: int, save_trl) -> str:
+    """A checkpoint of `trainer` at its step: `save_trl(staging)` (TRL's checkpoint, written into the
+    staging folder) and HSD's state, renamed into place when complete (`staged_checkpoint`), then
+    `publish`ed. Returns the checkpoint's path."""
+    step, main = trainer.state.global_step, trainer.args.should_save
+    with staged_checkpoint(run_dir, step, main, trainer.accelerator.wait_for_everyone) as staging:
+        save_trl(staging)
+        save_hsd_state(
+            staging / f"checkpoint-{step}",
+            peer_draws,
+            teacher_parameters(trainer),
+            **_teacher_layout(trainer.accelerator),
+        )
+    publish(trainer.state, run_dir, trainer.args.save_total_limit, main)
+    return str(Path(run_dir) / f"checkpoint-{step}")
+
+
+def restore_hsd_state(trainer, folder: str) -> int:
+    """The teacher weights of `trainer` restored from checkpoint `folder`, split as the engine splits them
+    now (once the engine has prepared the model); returns the peer draws."""
+    from hsd.trainer.engines import release_gathered
+
+    owner = trainer.teacher_model if trainer.teacher_model is not None else trainer.model
+    release_gathered(trainer.accelerator.unwrap_model(owner))  # FSDP2: no stale unsharded copy survives
+    return load_hsd_state(folder, teacher_parameters(trainer), **_teacher_layout(trainer.accelerator))
 
 
 def teacher_file(rank: int, sharded: bool) -> str:

@@ -233,7 +233,8 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     problems, tokenizer = checked_problems(script, args)
     from hsd.tasks.rewards import make_reward_func
     from hsd.trainer.callbacks import MetricsJsonlCallback
-    from hsd.trainer.trainer import HSDTrainer, check_vllm_model
+    from hsd.trainer.trainer import HSDTrainer
+    from hsd.trainer.vllm_cpu import check_vllm_model
 
     if args.use_vllm:
         check_vllm_model(script.model, args)  # its config only: before the weights load
@@ -245,8 +246,8 @@ def build_trainer(script: TrainScript, args, *, callbacks=None):
     model = load_model(script.model)
     metrics = MetricsJsonlCallback(Path(args.output_dir) / "metrics.jsonl")
     trainer = HSDTrainer(model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[metrics, *(callbacks or [])], peft_config=peft_config(script.model_config))  # fmt: skip
-    trainer.run_lock = lock
+                         callbacks=[metrics, *(callbacks or [])], peft_config=peft_config(script.model_config),
+                         run_lock=lock)  # fmt: skip
     name_base_model(trainer, script.model)
     return trainer
 

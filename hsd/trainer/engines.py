@@ -173,3 +173,16 @@ def prepare_copy(copy: torch.nn.Module, accelerator, is_deepspeed: bool, is_fsdp
     if is_fsdp:
         return prepare_fsdp(copy, accelerator)
     return accelerator.prepare_model(copy, evaluation_mode=True)
+
+
+def policy_copy(policy: torch.nn.Module, accelerator, prepare, *, is_deepspeed: bool, is_fsdp: bool):
+    """A separate copy of the unwrapped `policy` (reference, frozen or EMA teacher) with its current weights,
+    `prepare(copy)` applied, then wrapped for the policy's engine like TRL's reference model: gathered where
+    partitioned, split like the policy."""
+    copy = new_copy(policy)
+    copy_weights(copy, policy)
+    prepare(copy)
+    copy = prepare_copy(copy, accelerator, is_deepspeed, is_fsdp)
+    if is_fsdp:
+        broadcast_from_rank0(copy, policy, accelerator)
+    return copy

@@ -1,11 +1,15 @@
-"""Guards against non-finite numbers: rewards, losses, gradient norms and weights never poison a run.
+"""Guards against failing reward functions and non-finite numbers: rewards, losses, gradient norms and
+weights never poison a run.
 
-A non-finite reward is treated as uncomputed (NaN); a step whose loss or gradient norm is non-finite is
-skipped (no weight changes) and counted; too many skipped steps in a row, or non-finite weights, stop the run.
+A reward function that raises is named with the batch it failed on; a non-finite reward is treated as
+uncomputed (NaN), and too large a share of uncomputed rewards stops the run; a step whose loss or gradient
+norm is non-finite is skipped (no weight changes) and counted; too many skipped steps in a row, or
+non-finite weights, stop the run.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -28,6 +32,73 @@ class NonFiniteTrainingError(RunStopped):
 
 class NonFiniteWeightsError(RunStopped):
     """The model's weights hold NaN or inf: they are neither trained on nor saved."""
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function raised: the message names the function and the batch it failed on."""
+
+
+def guard_reward_func(func):
+    """Wrap a reward function so an exception names the function and the first failing prompt."""
+    name = getattr(func, "__name__", type(func).__name__)
+
+    @functools.wraps(func)
+    def guarded(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # re-raised with the function's name
+            prompts = kwargs.get("prompts") or []
+            first = str(prompts[0])[:200] if prompts else "?"
+            raise RewardFunctionError(
+                f"reward function {name!r} raised {type(exc).__name__}: {exc} "
+                f"(batch of {len(prompts)} completions; first prompt: {first!r})"
+            ) from exc
+
+    guarded.__name__ = name
+    return guarded
+
+
+def guard_reward_funcs(reward_funcs) -> list | None:
+    """TRL's `reward_funcs` (one or a list) with each plain callable wrapped by `guard_reward_func`; model
+    names and reward models are left to TRL."""
+    if reward_funcs is None:
+        return None
+    funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    return [
+        f if isinstance(f, (str, torch.nn.Module)) or not callable(f) else guard_reward_func(f) for f in funcs
+    ]
+
+
+def total_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over reward functions; NaN where no function could score the rollout."""
+    weights = weights.to(rewards_per_func.device)
+    rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return rewards
+
+
+def check_uncomputed_share(rewards: torch.Tensor, limit: float, log) -> None:
+    """`log(share)` of `rewards` not computed (NaN), then `RunStopped` when the share exceeds `limit`
+    (`max_uncomputed_reward_fraction`)."""
+    uncomputed = torch.isnan(rewards)
+    share = uncomputed.float().mean().item()
+    log(share)
+    if share > limit:
+        raise RunStopped(
+            f"{int(uncomputed.sum())} of {rewards.numel()} rewards could not be computed in this batch "
+            f"(more than max_uncomputed_reward_fraction={limit}); stopping "
+            "rather than training on them. See the reward function's warnings above for the rows."
+        )
+
+
+def warn_infinite_rewards(names: list[str], infinite_F: torch.Tensor, n: int) -> None:
+    """One warning per reward function that returned +-inf for some of the `n` completions."""
+    for name, count in zip(names, infinite_F.tolist()):
+        if count:
+            logger.warning(
+                "reward function %r returned +-inf for %d of %d completions: counted as not computed",
+                name, count, n,
+            )  # fmt: skip
 
 
 def uncompute_nonfinite_rewards(rewards_RF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +179,7 @@ class NonFiniteSteps:
 def skip_nonfinite_step(trainer, model, grad_norm) -> None:
     """Between backward and the optimizer step: drop the gradients of a non-finite step (torch optimizers
     leave a parameter without a gradient untouched), count it, and stop after too many in a row."""
-    steps: NonFiniteSteps = trainer._nonfinite_steps
+    steps: NonFiniteSteps = trainer.nonfinite_steps
     local_bad = not math.isfinite(steps.step_loss)
     any_bad = local_bad
     if trainer.accelerator.num_processes > 1:  # every process must skip the same steps

@@ -1,6 +1,7 @@
 """Checks of a recipe and its data that run before any model loads: field types and ranges, the step count,
 and prompt lengths against the model's context. Every failure is a `UserError` naming the field (or the
-file and row), the value and what is allowed.
+file and row), the value and what is allowed. And `HSDTrainer`'s checks of its Python arguments
+(`trainer_arguments`, `validate_dataset`), which raise as TRL raises its own.
 """
 
 from __future__ import annotations
@@ -270,3 +271,60 @@ def fit_prompts(problems: list, tokenizer, budget: int | None, policy: str) -> t
             prompt = _truncated(tokenizer, prompt, excess)
         problems[i] = replace(problems[i], prompt=prompt)
     return problems, [f"{w}: prompt truncated to {budget} tokens (long_prompts: truncate)" for w in where]
+
+
+def validate_dataset(dataset, args) -> None:
+    """`HSDTrainer`'s check of its dataset: the columns the chosen context needs exist and are filled; a
+    `ValueError` names the column and the rows (a Python caller's mistake, raised as TRL raises its own)."""
+    if dataset is None or not args.needs_teacher or not hasattr(dataset, "column_names"):
+        return
+    needs = []
+    if args.context in ("hsd", "opsd"):
+        needs.append(args.answer_column)
+    if args.context == "reference":
+        needs.append(args.reference_column)
+    for column in needs:
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"context {args.context!r} needs the dataset column {column!r}, which is missing "
+                f"(columns: {', '.join(dataset.column_names)}); set HSDConfig."
+                f"{'answer_column' if column == args.answer_column else 'reference_column'} to the right name"
+            )
+        bad = [i for i, value in enumerate(dataset[column]) if value is None or str(value).strip() == ""]
+        if bad:
+            raise ValueError(
+                f"dataset column {column!r} is empty in {len(bad)} row(s), first rows (0-based): {bad[:10]}; "
+                f"context {args.context!r} needs it in every row"
+            )
+
+
+def trainer_arguments(model, reward_funcs, args, train_dataset, kwargs: dict):
+    """`HSDTrainer`'s arguments checked (the dataset, a model vLLM cannot run) and made ready for
+    `GRPOTrainer.__init__`: a model named by a string loaded where TRL cannot (`model_for_trl`), reward
+    functions wrapped to name themselves when they raise (`guards.guard_reward_funcs`), `kwargs` updated in
+    place. Returns `(args, model, reward_funcs, reference_beta)`. `reference_beta` is not None when the reference
+    policy is copied from an in-memory model after TRL's init (TRL rebuilds it from a hub id / path, which
+    such a model lacks; with an adapter, TRL's reference is the adapter switched off): TRL then sees beta 0."""
+    from hsd.models import model_for_trl, require_peft
+    from hsd.trainer.adapters import is_adapter_model
+    from hsd.trainer.config import HSDConfig
+    from hsd.trainer.guards import guard_reward_funcs
+    from hsd.trainer.vllm_cpu import check_vllm_model
+
+    if args is None:
+        args = HSDConfig(output_dir="hsd-output")
+    if not isinstance(args, HSDConfig):
+        raise TypeError(f"HSDTrainer needs an HSDConfig, got {type(args).__name__}")
+    validate_dataset(train_dataset, args)
+    if args.use_vllm:
+        check_vllm_model(model, args)
+    if isinstance(model, str):
+        model, kwargs["processing_class"] = model_for_trl(model, kwargs.get("processing_class"))
+    reward_funcs = guard_reward_funcs(reward_funcs)
+    if kwargs.get("peft_config") is not None:
+        require_peft("HSDTrainer(peft_config=...)")
+    adapter = kwargs.get("peft_config") is not None or is_adapter_model(model)
+    reference_beta = None
+    if args.beta != 0.0 and not isinstance(model, str) and not adapter:  # same weights: pi_0 is the start
+        reference_beta, args.beta = args.beta, 0.0
+    return args, model, reward_funcs, reference_beta

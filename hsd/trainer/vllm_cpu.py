@@ -141,6 +141,47 @@ def engine_settings(args, policy, *, cpu: bool, model: str | None = None) -> dic
     return settings
 
 
+def sync_server_through_folder(generation, weights_dir: Path) -> None:
+    """2.: the policy's weights written as safetensors into `weights_dir`, and the vLLM server asked to load
+    them (`generation` is TRL's `VLLMGeneration` in server mode)."""
+    from safetensors.torch import save_file
+
+    # every process takes part in the gathers; the main process keeps, writes and asks the server to load
+    named = generation._iter_named_params()
+    if not generation.accelerator.is_main_process:
+        for _ in named:
+            pass
+    else:
+        # copies: a gathered (ZeRO-3) parameter is freed again once the iterator moves on
+        weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named}
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(weights_dir / WEIGHTS_FILE))
+        client = generation.vllm_client
+        client._post(
+            f"{client.base_url}/collective_rpc",
+            json={"method": "reload_weights", "kwargs": {"weights_path": str(weights_dir)}},
+        )
+        client.reset_prefix_cache()
+    generation.accelerator.wait_for_everyone()
+
+
+def check_vllm_model(model, args) -> None:
+    """`UserError` (one line) when vLLM cannot run `model` (a model or a name) here: `refusal`."""
+    from hsd.errors import UserError
+
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        from hsd.models import resolve_model
+
+        source = resolve_model(model)
+        config = AutoConfig.from_pretrained(source.pretrained, **source.init_kwargs)
+    else:
+        config = model.config
+    if line := refusal(config, args, model=repr(model) if isinstance(model, str) else "the model"):
+        raise UserError(line)
+
+
 def generation_class(args):
     """TRL's `VLLMGeneration` with `engine_settings` for its engine and, on the CPU, the syncs of 1 and 2."""
     import trl.generation.vllm_generation as trl_vllm
@@ -180,29 +221,8 @@ def generation_class(args):
                 )
                 self.llm.reset_prefix_cache()
             else:
-                self._sync_server_through_folder()  # 2.
+                sync_server_through_folder(self, weights_dir)  # 2.
             return None
-
-        def _sync_server_through_folder(self):
-            from safetensors.torch import save_file
-
-            # every process takes part in the gathers; the main process keeps, writes and asks the server to load
-            named = self._iter_named_params()
-            if not self.accelerator.is_main_process:
-                for _ in named:
-                    pass
-            else:
-                # copies: a gathered (ZeRO-3) parameter is freed again once the iterator moves on
-                weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named}
-                weights_dir.mkdir(parents=True, exist_ok=True)
-                save_file(weights, str(weights_dir / WEIGHTS_FILE))
-                client = self.vllm_client
-                client._post(
-                    f"{client.base_url}/collective_rpc",
-                    json={"method": "reload_weights", "kwargs": {"weights_path": str(weights_dir)}},
-                )
-                client.reset_prefix_cache()
-            self.accelerator.wait_for_everyone()
 
     return HSDVLLMGeneration
 

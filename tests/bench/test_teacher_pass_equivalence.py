@@ -26,6 +26,7 @@ from hsd.bench.fixtures import (
 from hsd.core.distill import analytic_head_refusal, distill_terms
 from hsd.core.losses import aggregate, reference_kl, token_divergence
 from hsd.teacher.prefix import distinct_prefixes, shared_prefix_refusal
+from hsd.trainer.passes import teacher_batch
 
 GROUP, QUESTIONS, LENGTH = 4, 4, 12
 DEVICE = os.environ.get("HSD_TEST_DEVICE", "cpu")
@@ -158,7 +159,7 @@ def _own_logits_loss_and_grads(trainer, inputs):
     model, T = trainer.model, inputs["completion_ids"].size(1)
     model.zero_grad()
     rows = torch.arange(inputs["completion_ids"].size(0), device=inputs["completion_ids"].device)
-    teacher_ids, teacher_mask = trainer.teacher_batch(inputs, rows)
+    teacher_ids, teacher_mask = teacher_batch(inputs, rows)
     with torch.no_grad():
         teacher_logits = model(input_ids=teacher_ids, attention_mask=teacher_mask).logits[:, -T - 1 : -1]
     student_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)

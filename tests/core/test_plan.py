@@ -120,7 +120,7 @@ def test_an_uncomputed_reward_is_a_failure_never_a_peer_and_not_distilled():
 def test_no_teacher_plans_outcomes_only_and_leaves_the_generator_alone():
     generator = torch.Generator().manual_seed(0)
     state = generator.get_state()
-    result = plan_teachers(REWARDS, 4, mode=None, generator=generator)
+    result = plan_teachers(REWARDS, 4, context=None, generator=generator)
     assert result == TeacherPlan(
         success=(True, False, True, False, False, False, False, False),
         peers=(None,) * 8,
@@ -134,7 +134,7 @@ def test_no_teacher_plans_outcomes_only_and_leaves_the_generator_alone():
 
 
 def test_opsd_has_no_peer_in_its_context_so_no_tau():
-    result = plan(mode="opsd")
+    result = plan(context="opsd")
     assert result.contexts[1] == TeacherContext(answer="7")
     assert result.taus == (-1,) * 8
     assert result.statistics.tau_median is None
@@ -166,4 +166,4 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="group_size"):
         plan_teachers(REWARDS, 3, IDS, answers=ANSWERS)
     with pytest.raises(ValueError, match="context must be one of"):
-        plan(mode="oracle")
+        plan(context="oracle")

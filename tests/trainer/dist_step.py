@@ -21,7 +21,7 @@ if trainer.accelerator.is_main_process:
     Path(out_path).write_text(
         json.dumps(
             {
-                "peers": trainer.last_peers,
+                "peers": list(trainer.last_plan.peers),
                 "loss": loss,
                 "processes": trainer.accelerator.num_processes,
             }

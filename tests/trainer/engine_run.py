@@ -84,7 +84,7 @@ class StepPeers(TrainerCallback):
         self.trainer, self.peers = trainer, []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.peers.append(self.trainer.last_peers)
+        self.peers.append(list(self.trainer.last_plan.peers))
 
 
 def ema_adapter(trainer) -> dict | None:

@@ -1,4 +1,4 @@
-"""`install_hsd_forward`: the model's own forward kept, the teacher-pass modes give the model's own hidden
+"""`install_pass_forward`: the model's own forward kept, the teacher passes give the model's own hidden
 states, and installing twice wraps once."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hsd.teacher.prefix import distinct_prefixes
-from hsd.trainer.forward import HSDForward, PrefixSpec, install_hsd_forward
+from hsd.trainer.passes import PassForward, install_pass_forward, teacher_hidden
 
 
 def test_installed_forward_keeps_the_model_and_serves_both_teacher_passes():
@@ -27,18 +27,23 @@ def test_installed_forward_keeps_the_model_and_serves_both_teacher_passes():
     ids[2:, :3] = ids[0, :3]  # rows 0, 2 and 3 share a prefix
     mask = torch.ones_like(ids)
     mask[1, :2] = 0  # row 1 left-padded
+    inputs = {  # teacher prompts: the first 3 tokens; completions: the last 4
+        "teacher_prompt_ids": ids[:, :3],
+        "teacher_prompt_mask": mask[:, :3],
+        "completion_ids": ids[:, 3:],
+        "completion_mask": mask[:, 3:],
+    }
+    rows = torch.ones(4, dtype=torch.bool)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
-        install_hsd_forward(model)
+        install_pass_forward(model)
         wrapper = model.forward
-        install_hsd_forward(model)
-        assert model.forward is wrapper and isinstance(wrapper, HSDForward)
+        install_pass_forward(model)
+        assert model.forward is wrapper and isinstance(wrapper, PassForward)
         assert "input_ids" in inspect.signature(model.forward).parameters
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, logits)
-        hidden = model(input_ids=ids, attention_mask=mask, hsd_hidden=4)  # predicts the last 4 tokens
+        hidden = teacher_hidden(model, inputs, rows, prefix_cache=False)  # predicts the last 4 tokens
         torch.testing.assert_close(model.lm_head(hidden), logits[:, -5:-1])
-        prefix_ids, prefix_mask, prefix_of_row = distinct_prefixes(ids[:, :3], mask[:, :3])
-        assert len(prefix_ids) == 2
-        spec = PrefixSpec(prefix_of_row, ids[:, 3:], mask[:, 3:])
-        shared = model(input_ids=prefix_ids, attention_mask=prefix_mask, hsd_prefix=spec)
+        assert len(distinct_prefixes(ids[:, :3], mask[:, :3])[0]) == 2
+        shared = teacher_hidden(model, inputs, rows, prefix_cache=True)  # each distinct prefix run once
     torch.testing.assert_close(shared, hidden, rtol=1e-5, atol=1e-5)

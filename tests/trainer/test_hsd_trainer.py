@@ -12,6 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from hsd import HSDConfig, HSDTrainer
 from hsd.core.methods import METHODS
+from hsd.trainer.passes import teacher_batch
 
 COMMON = TRAINER_ARGS
 
@@ -45,9 +46,9 @@ def test_teacher_inputs_carry_peer_and_answer_and_end_with_student_ids(tiny_mode
     trainer = _trainer(tiny_model_dir, tmp_path, method="hsd")
     tok = trainer.processing_class
     inputs = _batch(trainer)
-    peers, contexts = trainer.last_peers, trainer.last_contexts
+    peers, contexts = trainer.last_plan.peers, trainer.last_plan.contexts
     n = inputs["completion_ids"].size(0)
-    ids, mask = trainer.teacher_batch(inputs, torch.arange(n))
+    ids, mask = teacher_batch(inputs, torch.arange(n))
     completions = [
         row[m.bool()].tolist() for row, m in zip(inputs["completion_ids"], inputs["completion_mask"])
     ]
@@ -75,7 +76,7 @@ def test_group_without_success_and_all_success_groups(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, method="hsd", fallback=False, distill_successes=False)
     inputs = _batch(trainer)
     tok = trainer.processing_class
-    contexts, peers = trainer.last_contexts, trainer.last_peers
+    contexts, peers = trainer.last_plan.contexts, trainer.last_plan.peers
     n = inputs["completion_ids"].size(0)
     for g in range(n // GROUP):
         rows = range(g * GROUP, (g + 1) * GROUP)

@@ -42,9 +42,9 @@ def test_nonfinite_rewards_are_uncomputed_never_successes_nor_peers(tiny_model_d
     assert log["hsd/success_rate"] == 0.25
     assert log["hsd/infinite_rewards"] == (0 if math.isnan(bad) else 4)
     assert math.isfinite(log["reward"])
-    uncomputed = [i for i, c in enumerate(trainer.last_contexts) if c is None]  # not distilled
+    uncomputed = [i for i, c in enumerate(trainer.last_plan.contexts) if c is None]  # not distilled
     assert len(uncomputed) == 4 and uncomputed[-1] - uncomputed[0] == 3  # the 3+.. group
-    assert not set(trainer.last_peers) & set(uncomputed)  # never anyone's peer
+    assert not set(trainer.last_plan.peers) & set(uncomputed)  # never anyone's peer
 
 
 def test_grpo_with_an_infinite_reward_still_trains_on_the_finite_ones(tiny_model_dir, tmp_path):
