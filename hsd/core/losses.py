@@ -179,7 +179,7 @@ def masked_mean_per_sequence(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> 
 def aggregate(
     values_BT: torch.Tensor,
     mask_BT: torch.Tensor,
-    mode: str = "sequence_mean",
+    aggregation: str = "sequence_mean",
     *,
     max_length: int | None = None,
     num_tokens: float | torch.Tensor | None = None,
@@ -191,16 +191,16 @@ def aggregate(
     accumulation steps; TRL `bnpo`, `dapo`). `fixed_length`: sum / (B * max_length) (TRL `dr_grpo`).
     """
     _check_values_and_mask(values_BT, mask_BT)
-    if mode not in AGGREGATION_MODES:
-        raise ValueError(f"mode must be one of {AGGREGATION_MODES}, got {mode!r}")
+    if aggregation not in AGGREGATION_MODES:
+        raise ValueError(f"aggregation must be one of {AGGREGATION_MODES}, got {aggregation!r}")
     keep_BT = mask_BT != 0
-    if mode == "sequence_mean":  # Eq. 10
+    if aggregation == "sequence_mean":  # Eq. 10
         return masked_mean_per_sequence(values_BT, mask_BT).mean()
     total = torch.where(keep_BT, values_BT, 0.0).sum()
-    if mode == "token_mean":
+    if aggregation == "token_mean":
         return total / (keep_BT.sum().clamp(min=1) if num_tokens is None else num_tokens)
     if not is_int(max_length) or max_length < 1:
-        raise ValueError(f"mode 'fixed_length' needs max_length, a positive int, got {max_length!r}")
+        raise ValueError(f"aggregation 'fixed_length' needs max_length, a positive int, got {max_length!r}")
     return total / (values_BT.shape[0] * max_length)
 
 

@@ -375,12 +375,12 @@ class HSDTrainer(GRPOTrainer):
         return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
 
     def _aggregate(self, values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
-        mode = AGGREGATION_FOR_LOSS_TYPE.get(self.loss_type, "sequence_mean")
+        aggregation = AGGREGATION_FOR_LOSS_TYPE.get(self.loss_type, "sequence_mean")
         if self.args.distill_weight > 0 and self.args.pg_weight == 0:
-            mode = "sequence_mean"  # Eq. 10: mean over rollouts of each rollout's token mean
-        if mode == "fixed_length":
-            return aggregate(values_BT, mask_BT, mode, max_length=self.max_completion_length)
-        return aggregate(values_BT, mask_BT, mode)
+            aggregation = "sequence_mean"  # Eq. 10: mean over rollouts of each rollout's token mean
+        if aggregation == "fixed_length":
+            return aggregate(values_BT, mask_BT, aggregation, max_length=self.max_completion_length)
+        return aggregate(values_BT, mask_BT, aggregation)
 
     def _distillation_loss(self, model, inputs) -> torch.Tensor:
         """(1/G) sum_i (1/|o_i|) sum_t L_{i,t} (+ beta * KL(pi_theta || pi_0))   # Eq. 10, L from Eq. 13."""

@@ -325,7 +325,7 @@ T3 = torch.zeros(1, 2, 5)
         (lambda: token_divergence(T3, T3, "sampled_token", token_ids=torch.zeros(1, 2)), "token_ids"),
         (lambda: token_divergence(T3, T3, mask=torch.ones(2, 2)), "mask"),
         (lambda: token_divergence(T3, T3, clip=0), "clip"),
-        (lambda: aggregate(VALUES, MASK, "mean"), "mode"),
+        (lambda: aggregate(VALUES, MASK, "mean"), "aggregation"),
         (lambda: aggregate(VALUES, MASK, "fixed_length"), "max_length"),
         (lambda: aggregate(VALUES, MASK[:, :2]), "mask_BT"),
         (lambda: masked_mean_per_sequence(VALUES[0], MASK[0]), "values_BT"),
