@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "study"
 SEEDS = [0, 1, 2, 3, 4]
+LOCK = "/tmp/hsd-study.lock"  # runs holding one lock file train one at a time
 LONG_BUILD = [
     "hsd",
     "testbed",
@@ -196,9 +197,11 @@ def command(testbed: Testbed, cell: str, seeds: str, model: str, validation: boo
     ]  # fmt: skip
 
 
-def run(testbed: Testbed, cells: list[str], seeds: list[int], validation: bool = True) -> None:
-    """One training at a time, one torch thread, under its own lock (seed-major: every cell gets seed 0
-    before any gets seed 1)."""
+def run(
+    testbed: Testbed, cells: list[str], seeds: list[int], validation: bool = True, lock: str = LOCK
+) -> None:
+    """One training at a time, one torch thread, under `lock` (seed-major: every cell gets seed 0 before any
+    gets seed 1)."""
     model = model_dir(testbed)
     for argv in write_problems(testbed, validation):
         print(shlex.join(argv), flush=True)
@@ -207,7 +210,7 @@ def run(testbed: Testbed, cells: list[str], seeds: list[int], validation: bool =
         for cell in cells:
             if (testbed.out / cell / CELLS[cell][0] / f"seed-{seed}" / "done.json").exists():
                 continue
-            argv = ["flock", "/tmp/hsd-study.lock", *command(testbed, cell, f"{seed},", model, validation)]
+            argv = ["flock", lock, *command(testbed, cell, f"{seed},", model, validation)]
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
@@ -470,6 +473,9 @@ def main() -> int:
     parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
     parser.add_argument("--report", default="report", help="report directory under runs/study")
     parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
+    parser.add_argument(
+        "--lock", default=LOCK, help=f"lock file one training at a time is held under (default {LOCK})"
+    )
     parser.add_argument("--testbed", choices=TESTBEDS, default="long", help="testbed model and task")
     parser.add_argument(
         "--model-seeds", default="0", help="testbed models by pretraining seed (`hsd testbed build --seed`)"
@@ -483,7 +489,7 @@ def main() -> int:
     for model in models:
         testbed = with_model_seed(TESTBEDS[args.testbed], model)
         if args.action == "run":
-            run(testbed, args.cells, seeds, validation=not args.no_validation)
+            run(testbed, args.cells, seeds, validation=not args.no_validation, lock=args.lock)
         elif args.action == "report":
             argv = report_argv(args.testbed, args.cells, seeds, args.report, args.baseline, models)
             report(args.testbed, args.cells, seeds, args.report, args.baseline, model, argv)
