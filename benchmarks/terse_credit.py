@@ -7,17 +7,22 @@ Each argument is LABEL=DIR[=DATA]: DIR holds rollouts.jsonl; DATA, for terse-ans
 JSONL file (`hsd testbed problems`), whose chains give each failure's true error position and say whether its
 peer is right at every step (the math verifier scoring the parity does not know either; the chain task's own
 verifier records the error in rollouts.jsonl). Prints the silence curve (mean |A_t| by relative position, in
-fifths, per context, and the peer / answer-only ratio) and the credit at the true error.
+fifths, per context, and the peer / answer-only ratio), the credit at the true error, and how often the parity
+mix's context-free and answer-only targets are right at every step (4,000 draws each).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 from pathlib import Path
 
 from hsd.core.tau import abs_credit_at, mass_within, silence_curve
+from hsd.tasks.chain import Chain, first_error
 from hsd.tasks.datasets import load_problems
+from hsd.testbed.mix import example
+from hsd.testbed.model import DEFAULT_TESTBED
 from hsd.testbed.terse import first_error_of
 
 BINS = 5
@@ -72,6 +77,21 @@ def error_rows(label: str, rows: list[dict]) -> list[str]:
     return lines
 
 
+def mix_correct_share(context: str, draws: int = 4000) -> float:
+    """The share of the parity mix's `context` targets (default knobs, 4-step chains) right at every step."""
+    rng, right = random.Random(0), 0
+    for _ in range(draws):
+        user, target, _ = example(
+            rng, context=context, variant="single", steps=4, operand_max=DEFAULT_TESTBED.operand_max,
+            error_rate=DEFAULT_TESTBED.error_rate, modulus=10, answer_form="parity",
+        )  # fmt: skip
+        numbers = user.split("\n")[0].split(": ")[1].split()
+        chain = Chain(int(numbers[0]), tuple(int(n) for n in numbers[1:]))
+        error = first_error(target, chain)
+        right += error is None or error[0] == len(chain.ops)  # the worked lines all right
+    return right / draws
+
+
 def main(argv: list[str]) -> int:
     runs = []
     for arg in argv:
@@ -91,6 +111,9 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for label, rows in runs:
         print("\n".join(error_rows(label, rows)))
+    print("\nParity mix: targets right at every step")
+    for context in ("none", "answer"):
+        print(f"- {context}: {mix_correct_share(context):.3f}")
     return 0
 
 
