@@ -1,0 +1,91 @@
+"""Whole-chain accuracy of the terse (parity) study's trained models: the parity reward also pays about half of
+the wrong chains, so a difference in it understates a difference in right chains. This samples each run's
+final model (and the initial model) on the study's held-out parity problems and counts both.
+
+    python benchmarks/terse_chains.py runs/study/terse grpo hsd opsd --seeds 0,1,2,3,4 [--baseline opsd]
+
+Per run: 128 problems x 4 samples at T = 1.0 (the study's evaluation), sampling seed 0. Prints the mean per
+cell, and each cell minus the baseline paired over seeds (hsd.stats.paired_difference), for the parity reward
+and for the chain right at every step (`hsd.testbed.terse.first_error_of`); writes chains.json beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "runs/study/terse/data/parity-test-128.jsonl"
+
+
+def score(model_dir: str, problems) -> dict:
+    """Parity reward and whole-chain accuracy of `model_dir` on `problems`, 4 samples each at T = 1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hsd.tasks.rewards import verify_problem
+    from hsd.testbed.measure import completion_text, sample_completions
+    from hsd.testbed.terse import first_error_of
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = sample_completions(model, tokenizer, problems, 4, max_new_tokens=80, seed=0)
+    reward = chain = total = 0
+    for problem, group in zip(problems, rows, strict=True):
+        for ids in group:
+            text = completion_text(ids, tokenizer)
+            reward += verify_problem(problem, text).reward
+            chain += first_error_of(text, problem) is None
+            total += 1
+    return {"parity": reward / total, "chain": chain / total}
+
+
+def main() -> int:
+    from hsd.stats import paired_difference
+    from hsd.tasks.datasets import load_problems
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", help="the study's testbed directory, e.g. runs/study/terse")
+    parser.add_argument("cells", nargs="+")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--baseline", default="opsd")
+    args = parser.parse_args()
+    problems = load_problems(str(DATA))
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    runs = Path(args.runs)
+    results: dict = {}
+    for cell in args.cells:
+        for seed in seeds:
+            final = next((runs / cell).glob(f"*/seed-{seed}/final"), None)  # CELL/METHOD/seed-S
+            if final is not None:
+                results[f"{cell}/{seed}"] = score(str(final), problems)
+                print(cell, seed, results[f"{cell}/{seed}"], flush=True)
+    recipe = next(runs.glob("*/*/seed-*/recipe.json"), None)
+    if recipe is not None:  # the model every run started from
+        results["initial"] = score(json.loads(recipe.read_text())["script"]["model"], problems)
+    print(
+        f"\n| cell | runs | parity reward | chain right at every step | chain - {args.baseline} [95% CI] | p |"
+    )
+    print("|---|---|---|---|---|---|")
+    for cell in args.cells:
+        mine = [s for s in seeds if f"{cell}/{s}" in results]
+        pairs = [s for s in mine if f"{args.baseline}/{s}" in results]
+        means = [statistics.fmean(results[f"{cell}/{s}"][k] for s in mine) for k in ("parity", "chain")]
+        diff = "| |"
+        if cell != args.baseline and len(pairs) >= 2:
+            d = paired_difference(
+                [results[f"{cell}/{s}"]["chain"] for s in pairs],
+                [results[f"{args.baseline}/{s}"]["chain"] for s in pairs],
+            )
+            diff = f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {d.p_value:.2g} |"
+        print(f"| {cell} | {len(mine)} | {means[0]:.3f} | {means[1]:.3f} | {diff}")
+    if "initial" in results:
+        print(f"\ninitial model: {results['initial']}")
+    (runs / "chains.json").write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
