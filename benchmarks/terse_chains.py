@@ -55,15 +55,16 @@ def main() -> int:
     problems = load_problems(str(DATA))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     runs = Path(args.runs)
-    results: dict = {}
+    saved = runs / "chains.json"
+    results: dict = json.loads(saved.read_text()) if saved.exists() else {}  # a rerun scores new runs only
     for cell in args.cells:
         for seed in seeds:
             final = next((runs / cell).glob(f"*/seed-{seed}/final"), None)  # CELL/METHOD/seed-S
-            if final is not None:
+            if final is not None and f"{cell}/{seed}" not in results:
                 results[f"{cell}/{seed}"] = score(str(final), problems)
                 print(cell, seed, results[f"{cell}/{seed}"], flush=True)
     recipe = next(runs.glob("*/*/seed-*/recipe.json"), None)
-    if recipe is not None:  # the model every run started from
+    if recipe is not None and "initial" not in results:  # the model every run started from
         results["initial"] = score(json.loads(recipe.read_text())["script"]["model"], problems)
     print(
         f"\n| cell | runs | parity reward | chain right at every step | chain - {args.baseline} [95% CI] | p |"
@@ -83,7 +84,7 @@ def main() -> int:
         print(f"| {cell} | {len(mine)} | {means[0]:.3f} | {means[1]:.3f} | {diff}")
     if "initial" in results:
         print(f"\ninitial model: {results['initial']}")
-    (runs / "chains.json").write_text(json.dumps(results, indent=1) + "\n")
+    saved.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
