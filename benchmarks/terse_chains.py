@@ -6,7 +6,8 @@ final model (and the initial model) on the study's held-out parity problems and 
 
 Per run: 128 problems x 4 samples at T = 1.0 (the study's evaluation), sampling seed 0. Prints the mean per
 cell, and each cell minus the baseline paired over seeds (hsd.stats.paired_difference), for the parity reward
-and for the chain right at every step (`hsd.testbed.terse.first_error_of`); writes chains.json beside.
+and for the chain right at every step (`hsd.testbed.terse.first_error_of`); keeps the scores in RUNS/chains.json
+so that a rerun scores only the runs it has not seen.
 """
 
 from __future__ import annotations
