@@ -67,22 +67,25 @@ def main() -> int:
     recipe = next(runs.glob("*/*/seed-*/recipe.json"), None)
     if recipe is not None and "initial" not in results:  # the model every run started from
         results["initial"] = score(json.loads(recipe.read_text())["script"]["model"], problems)
-    print(
-        f"\n| cell | runs | parity reward | chain right at every step | chain - {args.baseline} [95% CI] | p |"
-    )
-    print("|---|---|---|---|---|---|")
+    base = args.baseline
+    print(f"\n| cell | runs | parity reward | chain right at every step | parity - {base} [95% CI] | p "
+          f"| chain - {base} [95% CI] | p |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
         mine = [s for s in seeds if f"{cell}/{s}" in results]
-        pairs = [s for s in mine if f"{args.baseline}/{s}" in results]
-        means = [statistics.fmean(results[f"{cell}/{s}"][k] for s in mine) for k in ("parity", "chain")]
-        diff = "| |"
-        if cell != args.baseline and len(pairs) >= 2:
+        pairs = [s for s in mine if f"{base}/{s}" in results]
+        cells = [
+            f"{statistics.fmean(results[f'{cell}/{s}'][k] for s in mine):.3f}" for k in ("parity", "chain")
+        ]
+        for key in ("parity", "chain"):
+            if cell == base or len(pairs) < 2:
+                cells += ["", ""]
+                continue
             d = paired_difference(
-                [results[f"{cell}/{s}"]["chain"] for s in pairs],
-                [results[f"{args.baseline}/{s}"]["chain"] for s in pairs],
+                [results[f"{cell}/{s}"][key] for s in pairs], [results[f"{base}/{s}"][key] for s in pairs]
             )
-            diff = f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | {d.p_value:.2g} |"
-        print(f"| {cell} | {len(mine)} | {means[0]:.3f} | {means[1]:.3f} | {diff}")
+            cells += [f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", f"{d.p_value:.2g}"]
+        print(f"| {cell} | {len(mine)} | " + " | ".join(cells) + " |")
     if "initial" in results:
         print(f"\ninitial model: {results['initial']}")
     saved.write_text(json.dumps(results, indent=1) + "\n")
