@@ -5,8 +5,9 @@ final model (and the initial model) on the study's held-out parity problems and 
     python benchmarks/terse_chains.py runs/study/terse grpo hsd opsd --seeds 0,1,2,3,4 [--baseline opsd]
 
 Per run: 128 problems x 4 samples at T = 1.0 (the study's evaluation), sampling seed 0. Prints the mean per
-cell, and each cell minus the baseline paired over seeds (hsd.stats.paired_difference), for the parity reward
-and for the chain right at every step (`hsd.testbed.terse.first_error_of`); keeps the scores in RUNS/chains.json
+cell (with the share of samples whose first error is a sign flip, which the parity cannot see), and each
+cell minus the baseline paired over seeds (hsd.stats.paired_difference), for the parity reward and for the
+chain right at every step (`hsd.testbed.terse.first_error_of`); keeps the scores in RUNS/chains.json
 so that a rerun scores only the runs it has not seen.
 """
 
@@ -33,14 +34,31 @@ def score(model_dir: str, problems) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = sample_completions(model, tokenizer, problems, 4, max_new_tokens=80, seed=0)
-    reward = chain = total = 0
+    reward = chain = flipped = total = 0
     for problem, group in zip(problems, rows, strict=True):
         for ids in group:
             text = completion_text(ids, tokenizer)
             reward += verify_problem(problem, text).reward
-            chain += first_error_of(text, problem) is None
+            error = first_error_of(text, problem)
+            chain += error is None
+            flipped += error is not None and sign_flip(text, problem, error[0])
             total += 1
-    return {"parity": reward / total, "chain": chain / total}
+    return {"parity": reward / total, "chain": chain / total, "sign_flip": flipped / total}
+
+
+def sign_flip(text: str, problem, step: int) -> bool:
+    """Whether a single-path completion's first wrong line applies its operation with the sign flipped (6+2=8
+    for 6-2): a slip the parity never sees, since v + a and v - a differ by 2a."""
+    from hsd.tasks.chain import Chain
+
+    chain = Chain.from_meta(problem.meta)
+    if step >= len(chain.ops):
+        return False
+    value = chain.start
+    for op in chain.ops[:step]:
+        value = chain.apply(value, op)
+    op, lines = chain.ops[step], text.split("\n")
+    return step < len(lines) and lines[step] + "\n" == chain.step_line(value, -op, chain.apply(value, -op))
 
 
 def main() -> int:
@@ -68,15 +86,14 @@ def main() -> int:
     if recipe is not None and "initial" not in results:  # the model every run started from
         results["initial"] = score(json.loads(recipe.read_text())["script"]["model"], problems)
     base = args.baseline
-    print(f"\n| cell | runs | parity reward | chain right at every step | parity - {base} [95% CI] | p "
-          f"| chain - {base} [95% CI] | p |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| cell | runs | parity reward | chain right at every step | first error a sign flip "
+          f"| parity - {base} [95% CI] | p | chain - {base} [95% CI] | p |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
         mine = [s for s in seeds if f"{cell}/{s}" in results]
         pairs = [s for s in mine if f"{base}/{s}" in results]
-        cells = [
-            f"{statistics.fmean(results[f'{cell}/{s}'][k] for s in mine):.3f}" for k in ("parity", "chain")
-        ]
+        keys = ("parity", "chain", "sign_flip")
+        cells = [f"{statistics.fmean(results[f'{cell}/{s}'][k] for s in mine):.3f}" for k in keys]
         for key in ("parity", "chain"):
             if cell == base or len(pairs) < 2:
                 cells += ["", ""]
