@@ -12,7 +12,7 @@ differences per model and pooled over models (runs/study/[TESTBED/]across-models
 Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out
 runs/study/[TESTBED/]CELL ...` with the testbed's model, training and held-out data (TESTBEDS: the long
 chains by default, the quick start's own 4-step chains, the multi-path variant of each, and the terse-answer
-chains, whose JSONL problems `hsd testbed problems` writes under runs/study/terse/data first); every cell
+chains (parity, or half, answers), whose JSONL problems `hsd testbed problems` writes first); every cell
 gets the same steps, questions and rollouts (the quick-start recipe's: 30 steps of 4 questions x 8).
 """
 
@@ -85,6 +85,14 @@ TESTBEDS = {
         80,
         OUT / "terse",
         problems=["hsd", "testbed", "problems", "--variant", "single"],
+    ),
+    # the same with the other terse answer: which half of 0-9 the value lies in (a flipped sign can change it)
+    "terse-half": Testbed(
+        ["hsd", "testbed", "build", "--knob", "answer_form=half"],
+        "runs/study/terse-half/data/half-{split}-{n}.jsonl",
+        80,
+        OUT / "terse-half",
+        problems=["hsd", "testbed", "problems", "--variant", "single", "--answer-form", "half"],
     ),
 }
 

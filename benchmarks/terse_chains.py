@@ -70,8 +70,11 @@ def main() -> int:
     parser.add_argument("cells", nargs="+")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--baseline", default="opsd")
+    parser.add_argument(
+        "--data", default=str(DATA), help=f"held-out problems (default {DATA.relative_to(ROOT)})"
+    )
     args = parser.parse_args()
-    problems = load_problems(str(DATA))
+    problems = load_problems(args.data)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     runs = Path(args.runs)
     saved = runs / "chains.json"

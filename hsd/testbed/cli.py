@@ -68,7 +68,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--top-p", type=float, default=1.0)
     measure.add_argument("--sample-seed", type=int, default=0, help="seed of the problems and the sampling")
     problems = sub.add_parser(
-        "problems", help="write terse-answer (parity) chain problems as JSONL: the same draw as testbed:chain"
+        "problems", help="write terse-answer chain problems as JSONL: the same draw as testbed:chain"
+    )
+    problems.add_argument(
+        "--answer-form",
+        choices=("parity", "half"),
+        default="parity",
+        help="the checked answer (default parity)",
     )
     problems.add_argument("--out", required=True, help="the JSONL file to write")
     problems.add_argument("--n", type=int, default=256, help="problems (default 256)")
@@ -99,7 +105,7 @@ def _problems(args: argparse.Namespace) -> int:
     from hsd.testbed.terse import write_terse_problems
 
     options = dict(n=args.n, seed=args.seed, variant=args.variant, steps=args.steps, split=args.split)
-    print(write_terse_problems(args.out, operand_max=args.operand_max, **options))
+    print(write_terse_problems(args.out, args.answer_form, operand_max=args.operand_max, **options))
     return 0
 
 

@@ -23,9 +23,9 @@ uniformly random order. So a teacher leans on the peer's order (about n/(n+1) on
 still on its path) and, once a rollout has left that order, continues correctly from the rollout's own
 prefix. The single-path target is the one correct solution, i.e. the context solution itself.
 
-The terse-answer form (answer_form "parity", hsd.testbed.terse) writes the same examples with the parity
-line in place of the answer line, except the answer-only one: its target is what a parity bit implies about
-the path (`parity_implied`), not an error-free solution, so that teacher stays close to the student.
+The terse-answer forms (answer_form "parity" or "half", hsd.testbed.terse) write the same examples with their
+answer line in place of the value's, except the answer-only one: its target is what the terse answer implies
+about the path (`answer_implied`), not an error-free solution, so that teacher stays close to the student.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import NamedTuple
 from hsd.core.contexts import CONTEXT_KINDS
 from hsd.tasks.chain import Chain, chain_prompt, chain_split, random_chain, worked_solution
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
-from hsd.testbed.terse import ANSWER_FORMS, final_value, parity, terse_prompt, terse_solution
+from hsd.testbed.terse import ANSWER_FORMS, final_value, terse_answer, terse_prompt, terse_solution
 
 
 class Example(NamedTuple):
@@ -113,7 +113,7 @@ def example(
     answer_form: str = "value",
 ) -> Example:
     """One (user message, assistant target) pair of the mix; a context example slips with `slip_rate`.
-    answer_form "parity": the terse-answer form (hsd.testbed.terse), its answer-only target `parity_implied`."""
+    answer_form "parity" / "half": a terse-answer form (hsd.testbed.terse), answer-only target `answer_implied`."""
     if context not in CONTEXT_KINDS:
         raise ValueError(f"context must be one of {CONTEXT_KINDS}, got {context!r}")
     if answer_form not in ANSWER_FORMS:
@@ -121,17 +121,20 @@ def example(
     chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
     while chain_split(chain) != "train":  # held-out problems never appear in pretraining
         chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
-    terse = answer_form == "parity"
-    question = terse_prompt(chain) if terse else chain_prompt(chain)
-    finish = terse_solution if terse else str  # the form's last line
+    terse = answer_form != "value"
+    question = terse_prompt(chain, answer_form) if terse else chain_prompt(chain)
+
+    def finish(solution: str) -> str:  # the form's last line
+        return terse_solution(solution, answer_form) if terse else solution
+
     single = variant == "single"
     if context == "none":
         order = list(chain.ops) if single else random_order(chain.ops, rng)
         return Example(question, finish(corrupted_solution(chain, order, rng, error_rate)))
     if terse and context == "answer":
-        user = DEFAULT_TEACHER_TEMPLATE.render(question, answer=parity(chain.answer))
-        return Example(user, terse_solution(parity_implied(chain, rng, error_rate)))
-    gold = parity(chain.answer) if terse else chain.number(chain.answer)
+        user = DEFAULT_TEACHER_TEMPLATE.render(question, answer=terse_answer(chain.answer, answer_form))
+        return Example(user, finish(answer_implied(chain, rng, error_rate, answer_form)))
+    gold = terse_answer(chain.answer, answer_form) if terse else chain.number(chain.answer)
     answer = gold if context.startswith("answer") else None
     slip = rng.random() < slip_rate
 
@@ -153,16 +156,16 @@ def example(
     return target(target_order)._replace(user=user)
 
 
-def parity_implied(chain: Chain, rng: random.Random, error_rate: float) -> str:
-    """What a parity bit implies about the path: a context-free solution with the student's error rate, drawn
-    until it ends at the gold parity (rejection sampling from the student's own mix). About half of the wrong
-    chains stay, so an answer-only teacher trained on these writes nearly as the student does before the end:
-    it "falls silent" where a peer, a whole correct path, still pins the error."""
-    gold = parity(chain.answer)
+def answer_implied(chain: Chain, rng: random.Random, error_rate: float, form: str = "parity") -> str:
+    """What a terse answer implies about the path: a context-free solution with the student's error rate, drawn
+    until it ends at the gold terse answer (rejection sampling from the student's own mix). About half of the
+    wrong chains stay, so an answer-only teacher trained on these writes nearly as the student does before the
+    end: it "falls silent" where a peer, a whole correct path, still pins the error."""
+    gold = terse_answer(chain.answer, form)
     while True:
         order = list(chain.ops) if chain.variant == "single" else random_order(chain.ops, rng)
         solution = corrupted_solution(chain, order, rng, error_rate)
-        if parity(final_value(solution)) == gold:
+        if terse_answer(final_value(solution), form) == gold:
             return solution
 
 
@@ -202,7 +205,7 @@ __all__ = [
     "corrupted_solution",
     "example",
     "order_near",
-    "parity_implied",
+    "answer_implied",
     "sample_example",
     "solution_with_slip",
 ]

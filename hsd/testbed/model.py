@@ -71,7 +71,7 @@ class TestbedConfig:
     context_weights: tuple[tuple[str, float], ...] = field(
         default=(("none", 0.8), ("answer+peer", 0.1), ("answer", 0.04), ("peer", 0.02), ("reference", 0.04))
     )
-    # "parity": the terse-answer chain (hsd.testbed.terse); a knob added later, so left out of key() and the
+    # "parity" / "half": a terse-answer chain (hsd.testbed.terse); a knob added later, so left out of key() and the
     # build record at its default: every build made before it keeps its cache entry and weights
     answer_form: str = "value"
 

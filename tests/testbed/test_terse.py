@@ -14,7 +14,7 @@ from hsd.tasks.rewards import verify_problem
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
 from hsd.testbed.mix import example
 from hsd.testbed.model import DEFAULT_TESTBED, config_from_knobs
-from hsd.testbed.terse import final_value, first_error_of, parity, terse_prompt
+from hsd.testbed.terse import final_value, first_error_of, parity, terse_answer, terse_prompt
 
 MIX = dict(variant="single", steps=4, operand_max=3, error_rate=0.2, modulus=10, answer_form="parity")
 
@@ -107,3 +107,26 @@ def test_measure_refuses_a_model_of_the_parity_form(tmp_path):
         task_defaults(tmp_path)
     (tmp_path / "testbed.json").write_text(json.dumps({"config": DEFAULT_TESTBED.fields()}))
     assert task_defaults(tmp_path) == {"steps": 4, "operand_max": 3, "modulus": 10}
+
+
+def test_the_half_form_checks_which_half_the_value_is_in_and_a_sign_flip_can_change_it(tmp_path):
+    from hsd.testbed.terse import write_terse_problems
+
+    assert [terse_answer(v, "half") for v in (0, 4, 5, 9)] == ["low", "low", "high", "high"]
+    assert terse_answer(3 + 2, "half") != terse_answer(3 - 2, "half")  # a flip the parity cannot see
+    rng = random.Random(2)
+    for _ in range(100):
+        user, target, _ = example(rng, context="answer", **{**MIX, "answer_form": "half"})
+        gold = user.split("The correct final answer is: ")[1].split("\n")[0]
+        *lines, last = target.split("\n")
+        assert (
+            last
+            == f"Half: \\boxed{{{gold}}}"
+            == f"Half: \\boxed{{{terse_answer(int(lines[-1][4]), 'half')}}}"
+        )
+    problem = load_problems(str(write_terse_problems(tmp_path / "half.jsonl", "half", n=4, split="test")))[0]
+    assert problem.meta["answer_form"] == "half" and problem.answer in ("high", "low")
+    assert (
+        verify_problem(problem, problem.reference).reward == 1.0
+        and first_error_of(problem.reference, problem) is None
+    )
