@@ -3,12 +3,12 @@
     python benchmarks/terse_credit.py "value answer=runs/analyze/testbed-single" \
         "parity answer=runs/analyze/terse=runs/terse/data/parity-test-512.jsonl"
 
-Each argument is LABEL=DIR[=DATA]: DIR holds rollouts.jsonl; DATA, for terse-answer (parity) problems, is their
+Each argument is LABEL=DIR[=DATA]: DIR holds rollouts.jsonl; DATA, for terse-answer problems, is their
 JSONL file (`hsd testbed problems`), whose chains give each failure's true error position and say whether its
-peer is right at every step (the math verifier scoring the parity does not know either; the chain task's own
+peer is right at every step (the math verifier scoring the terse answer knows neither; the chain task's own
 verifier records the error in rollouts.jsonl). Prints the silence curve (mean |A_t| by relative position, in
 fifths, per context, and the peer / answer-only ratio), the credit at the true error, and how often the parity
-mix's context-free and answer-only targets are right at every step (4,000 draws each).
+and half mixes' context-free and answer-only targets are right at every step (4,000 draws each).
 """
 
 from __future__ import annotations
@@ -77,13 +77,13 @@ def error_rows(label: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def mix_correct_share(context: str, draws: int = 4000) -> float:
-    """The share of the parity mix's `context` targets (default knobs, 4-step chains) right at every step."""
+def mix_correct_share(context: str, form: str, draws: int = 4000) -> float:
+    """The share of the `form` mix's `context` targets (default knobs, 4-step chains) right at every step."""
     rng, right = random.Random(0), 0
     for _ in range(draws):
         user, target, _ = example(
             rng, context=context, variant="single", steps=4, operand_max=DEFAULT_TESTBED.operand_max,
-            error_rate=DEFAULT_TESTBED.error_rate, modulus=10, answer_form="parity",
+            error_rate=DEFAULT_TESTBED.error_rate, modulus=10, answer_form=form,
         )  # fmt: skip
         numbers = user.split("\n")[0].split(": ")[1].split()
         chain = Chain(int(numbers[0]), tuple(int(n) for n in numbers[1:]))
@@ -111,9 +111,10 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for label, rows in runs:
         print("\n".join(error_rows(label, rows)))
-    print("\nParity mix: targets right at every step")
-    for context in ("none", "answer"):
-        print(f"- {context}: {mix_correct_share(context):.3f}")
+    print("\nTerse mixes: targets right at every step")
+    for form in ("parity", "half"):
+        for context in ("none", "answer"):
+            print(f"- {form}, {context}: {mix_correct_share(context, form):.3f}")
     return 0
 
 
