@@ -1,12 +1,16 @@
-"""Whole-chain accuracy of the terse (parity) study's trained models: the parity reward also pays about half of
-the wrong chains, so a difference in it understates a difference in right chains. This samples each run's
-final model (and the initial model) on the study's held-out parity problems and counts both.
+"""Whole-chain accuracy of a study's trained models: a terse answer's reward (parity, half) also pays about half
+of the wrong chains, so a difference in it understates a difference in right chains. This samples each run's
+final model (and the initial model) on held-out problems and counts both.
 
     python benchmarks/terse_chains.py runs/study/terse grpo hsd opsd --seeds 0,1,2,3,4 [--baseline opsd]
+    python benchmarks/terse_chains.py runs/study/terse-half grpo hsd opsd \
+        --data runs/study/terse-half/data/half-test-128.jsonl
+    python benchmarks/terse_chains.py runs/study/quickstart grpo hsd opsd \
+        --data "testbed:chain?variant=single&n=128&split=test"
 
 Per run: 128 problems x 4 samples at T = 1.0 (the study's evaluation), sampling seed 0. Prints the mean per
-cell (with the share of samples whose first error is a sign flip, which the parity cannot see), and each
-cell minus the baseline paired over seeds (hsd.stats.paired_difference), for the parity reward and for the
+cell (with the share of samples whose first error is a sign flip, 6+2=8 for 6-2, which a parity cannot see),
+and each cell minus the baseline paired over seeds (hsd.stats.paired_difference), for the reward and for the
 chain right at every step (`hsd.testbed.terse.first_error_of`); keeps the scores in RUNS/chains.json
 so that a rerun scores only the runs it has not seen.
 """
@@ -43,7 +47,7 @@ def score(model_dir: str, problems) -> dict:
             chain += error is None
             flipped += error is not None and sign_flip(text, problem, error[0])
             total += 1
-    return {"parity": reward / total, "chain": chain / total, "sign_flip": flipped / total}
+    return {"reward": reward / total, "chain": chain / total, "sign_flip": flipped / total}
 
 
 def sign_flip(text: str, problem, step: int) -> bool:
@@ -89,15 +93,15 @@ def main() -> int:
     if recipe is not None and "initial" not in results:  # the model every run started from
         results["initial"] = score(json.loads(recipe.read_text())["script"]["model"], problems)
     base = args.baseline
-    print(f"\n| cell | runs | parity reward | chain right at every step | first error a sign flip "
-          f"| parity - {base} [95% CI] | p | chain - {base} [95% CI] | p |")  # fmt: skip
+    print(f"\n| cell | runs | reward | chain right at every step | first error a sign flip "
+          f"| reward - {base} [95% CI] | p | chain - {base} [95% CI] | p |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
         mine = [s for s in seeds if f"{cell}/{s}" in results]
         pairs = [s for s in mine if f"{base}/{s}" in results]
-        keys = ("parity", "chain", "sign_flip")
+        keys = ("reward", "chain", "sign_flip")
         cells = [f"{statistics.fmean(results[f'{cell}/{s}'][k] for s in mine):.3f}" for k in keys]
-        for key in ("parity", "chain"):
+        for key in ("reward", "chain"):
             if cell == base or len(pairs) < 2:
                 cells += ["", ""]
                 continue

@@ -117,10 +117,14 @@ def write_terse_problems(path: str | os.PathLike, form: str = "parity", **option
 
 
 def first_error_of(completion: str, problem: Problem) -> tuple[int, int] | None:
-    """(step, character) of a terse-form completion's first wrong character against its chain (as
-    `first_error`: the worked lines, then the form's answer line); None when the whole completion is right."""
+    """(step, character) of a completion's first wrong character against its chain (as `first_error`: the
+    worked lines, then the answer line of the problem's form, the chain task's own when its meta names none);
+    None when the whole completion is right."""
     chain = Chain.from_meta(problem.meta)
-    expected = terse_solution(worked_solution(chain), problem.meta.get("answer_form", "parity"))
+    form = problem.meta.get("answer_form", "value")
+    if form == "value":
+        return first_error(completion, chain)
+    expected = terse_solution(worked_solution(chain), form)
     error = first_error(completion, chain)
     if error is not None and error[0] < len(chain.ops):
         return error

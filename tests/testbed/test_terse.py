@@ -130,3 +130,13 @@ def test_the_half_form_checks_which_half_the_value_is_in_and_a_sign_flip_can_cha
         verify_problem(problem, problem.reference).reward == 1.0
         and first_error_of(problem.reference, problem) is None
     )
+
+
+def test_first_error_of_a_value_form_problem_is_the_chain_tasks_own():
+    from hsd.tasks.chain import chain_problem
+
+    chain = Chain(7, (3, -1, 2, -3))
+    problem, solution = chain_problem(chain), worked_solution(chain)
+    wrong = solution.replace("0-1=9", "0-1=8")
+    assert first_error_of(solution, problem) is None
+    assert first_error_of(wrong, problem) == first_error(wrong, chain) == (1, 10)
