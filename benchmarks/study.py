@@ -11,7 +11,8 @@ differences per model and pooled over models (runs/study/[TESTBED/]across-models
 
 Each run is `hsd compare --config configs/quickstart.yaml --methods METHOD --seeds S, --out
 runs/study/[TESTBED/]CELL ...` with the testbed's model, training and held-out data (TESTBEDS: the long
-chains by default, the quick start's own 4-step chains, and the multi-path variant of each); every cell
+chains by default, the quick start's own 4-step chains, the multi-path variant of each, and the terse-answer
+chains (parity, or half, answers), whose JSONL problems `hsd testbed problems` writes first); every cell
 gets the same steps, questions and rollouts (the quick-start recipe's: 30 steps of 4 questions x 8).
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "study"
 SEEDS = [0, 1, 2, 3, 4]
+LOCK = "/tmp/hsd-study.lock"  # runs holding one lock file train one at a time
 LONG_BUILD = [
     "hsd",
     "testbed",
@@ -53,7 +55,10 @@ class Testbed:
     data: str
     max_completion_length: int
     out: Path
+    problems: list[str] | None = None  # writes `data` when it is a file: this argv + --out --split --n
 
+
+TERSE_DATA = "runs/study/terse/data/parity-{split}-{n}.jsonl"
 
 TESTBEDS = {
     # 16-step chains, one correct solution per problem: where one sequence-level reward is spread thinnest
@@ -72,26 +77,61 @@ TESTBEDS = {
     "quickstart-multi": Testbed(
         ["hsd", "testbed", "build"], "testbed:chain?variant=multi&n={n}&split={split}", 80, OUT / "qs-multi"
     ),
+    # the quick start's chains with a terse checked answer (the final value's parity) and a model pretrained
+    # on that form, whose answer-only teacher learnt what a parity bit implies (hsd.testbed.terse)
+    "terse": Testbed(
+        ["hsd", "testbed", "build", "--knob", "answer_form=parity"],
+        TERSE_DATA,
+        80,
+        OUT / "terse",
+        problems=["hsd", "testbed", "problems", "--variant", "single"],
+    ),
+    # the same with the other terse answer: which half of 0-9 the value lies in (a flipped sign can change it)
+    "terse-half": Testbed(
+        ["hsd", "testbed", "build", "--knob", "answer_form=half"],
+        "runs/study/terse-half/data/half-{split}-{n}.jsonl",
+        80,
+        OUT / "terse-half",
+        problems=["hsd", "testbed", "problems", "--variant", "single", "--answer-form", "half"],
+    ),
 }
+
+
+def datasets(validation: bool) -> dict[str, tuple[int, str]]:
+    """flag -> (n, split) of the training, held-out and (when asked) validation data every cell shares."""
+    sets = {"--dataset": (2048, "train"), "--eval-dataset": (128, "test")}
+    return sets | ({"--validation-dataset": (128, "validation")} if validation else {})
+
+
+def write_problems(testbed: Testbed, validation: bool) -> list[list[str]]:
+    """Write a file-based testbed's missing data files (`testbed.problems`); returns the commands run."""
+    if testbed.problems is None:
+        return []
+    commands = []
+    for n, split in datasets(validation).values():
+        path = testbed.data.format(n=n, split=split)
+        if not (ROOT / path).exists():
+            commands.append([*testbed.problems, "--n", str(n), "--split", split, "--out", path])
+            subprocess.run(commands[-1], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return commands
 
 
 def common(testbed: Testbed, validation: bool) -> list[str]:
     """The flags every cell shares on `testbed`: data, evaluation schedule and completion budget."""
+    data = {flag: testbed.data.format(n=n, split=split) for flag, (n, split) in datasets(validation).items()}
     flags = [
         "--eval-every", "10", "--eval-limit", "128", "--eval-k", "4",
-        "--dataset", testbed.data.format(n=2048, split="train"),
-        "--eval-dataset", testbed.data.format(n=128, split="test"),
+        "--dataset", data["--dataset"], "--eval-dataset", data["--eval-dataset"],
         "--max_completion_length", str(testbed.max_completion_length),
     ]  # fmt: skip
-    if validation:
-        flags += ["--validation-dataset", testbed.data.format(n=128, split="validation")]
-    return flags
+    return flags + (["--validation-dataset", data["--validation-dataset"]] if validation else [])
 
 
 # cell -> (method preset, HSDConfig overrides); hsd cells keep the quick start's EMA teacher
 CELLS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("grpo", []),
     "dapo": ("dapo", []),
+    "opsd": ("opsd", []),  # answer-only self-distillation: the paper's OPSD baseline
     "hsd": ("hsd", []),
     "hsd-tt0.5": ("hsd", ["--teacher_temperature", "0.5"]),
     "hsd-tt0.25": ("hsd", ["--teacher_temperature", "0.25"]),
@@ -165,16 +205,20 @@ def command(testbed: Testbed, cell: str, seeds: str, model: str, validation: boo
     ]  # fmt: skip
 
 
-def run(testbed: Testbed, cells: list[str], seeds: list[int], validation: bool = True) -> None:
-    """One training at a time, one torch thread, under its own lock (seed-major: every cell gets seed 0
-    before any gets seed 1)."""
+def run(
+    testbed: Testbed, cells: list[str], seeds: list[int], validation: bool = True, lock: str = LOCK
+) -> None:
+    """One training at a time, one torch thread, under `lock` (seed-major: every cell gets seed 0 before any
+    gets seed 1)."""
     model = model_dir(testbed)
+    for argv in write_problems(testbed, validation):
+        print(shlex.join(argv), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for seed in seeds:
         for cell in cells:
             if (testbed.out / cell / CELLS[cell][0] / f"seed-{seed}" / "done.json").exists():
                 continue
-            argv = ["flock", "/tmp/hsd-study.lock", *command(testbed, cell, f"{seed},", model, validation)]
+            argv = ["flock", lock, *command(testbed, cell, f"{seed},", model, validation)]
             print(shlex.join(argv), flush=True)
             subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
@@ -437,6 +481,9 @@ def main() -> int:
     parser.add_argument("--no-validation", action="store_true", help="skip the validation set's evaluations")
     parser.add_argument("--report", default="report", help="report directory under runs/study")
     parser.add_argument("--baseline", default="grpo", help="cell the paired differences are taken against")
+    parser.add_argument(
+        "--lock", default=LOCK, help=f"lock file one training at a time is held under (default {LOCK})"
+    )
     parser.add_argument("--testbed", choices=TESTBEDS, default="long", help="testbed model and task")
     parser.add_argument(
         "--model-seeds", default="0", help="testbed models by pretraining seed (`hsd testbed build --seed`)"
@@ -450,11 +497,15 @@ def main() -> int:
     for model in models:
         testbed = with_model_seed(TESTBEDS[args.testbed], model)
         if args.action == "run":
-            run(testbed, args.cells, seeds, validation=not args.no_validation)
+            run(testbed, args.cells, seeds, validation=not args.no_validation, lock=args.lock)
         elif args.action == "report":
             argv = report_argv(args.testbed, args.cells, seeds, args.report, args.baseline, models)
             report(args.testbed, args.cells, seeds, args.report, args.baseline, model, argv)
         else:
+            if testbed.problems is not None:
+                for n, split in datasets(not args.no_validation).values():
+                    out = testbed.data.format(n=n, split=split)
+                    print(shlex.join([*testbed.problems, "--n", str(n), "--split", split, "--out", out]))
             for cell in args.cells:
                 print(shlex.join(command(testbed, cell, args.seeds + ",", "$M", not args.no_validation)))
     if args.action == "report" and len(models) > 1:

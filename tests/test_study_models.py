@@ -64,3 +64,20 @@ def test_across_models_pools_over_pairs_and_over_model_means(study):
     assert (unit["final"]["low"], unit["final"]["p_value"]) == pytest.approx((by_model.low, by_model.p_value))
     assert data["hsd-tt0.5"]["seed 2"]["pairs"] == 2  # only the seeds both cells ran are paired
     assert any(line.startswith("| hsd-tt0.5 | seed 3 |") for line in lines)
+
+
+def test_terse_testbed_writes_its_missing_data_files_and_trains_on_them(study, tmp_path, monkeypatch):
+    terse = dataclasses.replace(study.TESTBEDS["terse"], data=str(tmp_path / "parity-{split}-{n}.jsonl"))
+    (tmp_path / "parity-test-128.jsonl").write_text("{}\n")  # present: not written again
+    ran = []
+    monkeypatch.setattr(study.subprocess, "run", lambda argv, **kw: ran.append(argv))
+    written = study.write_problems(terse, validation=True)
+    assert ran == written and [argv[argv.index("--split") + 1] for argv in ran] == ["train", "validation"]
+    assert ran[0][:3] == ["hsd", "testbed", "problems"] and ran[0][-1] == str(
+        tmp_path / "parity-train-2048.jsonl"
+    )
+    argv = study.command(terse, "opsd", "0,", "MODEL", validation=False)
+    assert argv[argv.index("--methods") + 1] == "opsd" and "--validation-dataset" not in argv
+    assert argv[argv.index("--dataset") + 1] == str(tmp_path / "parity-train-2048.jsonl")
+    assert "answer_form=parity" in study.TESTBEDS["terse"].build
+    assert study.write_problems(study.TESTBEDS["quickstart"], validation=True) == []  # a testbed: URI

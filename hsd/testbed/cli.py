@@ -1,5 +1,6 @@
-"""`hsd testbed build` (pretrain or find the cached testbed model, print its directory) and
-`hsd testbed measure` (initial p, tau against the true error, fully correct peers; JSON on stdout).
+"""`hsd testbed build` (pretrain or find the cached testbed model, print its directory),
+`hsd testbed measure` (initial p, tau against the true error, fully correct peers; JSON on stdout) and
+`hsd testbed problems` (the terse-answer chain problems as a JSONL file, for any `--dataset`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--temperature", type=float, default=1.0)
     measure.add_argument("--top-p", type=float, default=1.0)
     measure.add_argument("--sample-seed", type=int, default=0, help="seed of the problems and the sampling")
+    problems = sub.add_parser(
+        "problems", help="write terse-answer chain problems as JSONL: the same draw as testbed:chain"
+    )
+    problems.add_argument(
+        "--answer-form",
+        choices=("parity", "half"),
+        default="parity",
+        help="the checked answer (default parity)",
+    )
+    problems.add_argument("--out", required=True, help="the JSONL file to write")
+    problems.add_argument("--n", type=int, default=256, help="problems (default 256)")
+    problems.add_argument("--split", choices=("train", "test", "validation", "all"), default="train")
+    problems.add_argument("--variant", choices=("single", "multi"), default="single")
+    problems.add_argument("--steps", type=int, default=4, help="operations per chain (default 4)")
+    problems.add_argument("--operand-max", type=int, default=3, help="largest operand (default 3)")
+    problems.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
 
 
 def _build(args: argparse.Namespace, log_every: int = 0, force: bool = False, threads: int | None = None):
@@ -84,9 +101,19 @@ def _build(args: argparse.Namespace, log_every: int = 0, force: bool = False, th
         )
 
 
+def _problems(args: argparse.Namespace) -> int:
+    from hsd.testbed.terse import write_terse_problems
+
+    options = dict(n=args.n, seed=args.seed, variant=args.variant, steps=args.steps, split=args.split)
+    print(write_terse_problems(args.out, args.answer_form, operand_max=args.operand_max, **options))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
+        if args.action == "problems":
+            return _problems(args)
         if args.action == "build":
             path = _build(args, log_every=args.log_every, force=args.force, threads=args.threads)
             print(f"testbed ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -96,10 +123,11 @@ def main(args: argparse.Namespace) -> int:
         from hsd.testbed.measure import measure_testbed, task_defaults
 
         model_dir = args.model or _build(args)
+        task = task_defaults(model_dir)  # a model of another answer form fails here, before it loads
         result = measure_testbed(
             load_model(str(model_dir)),
             load_tokenizer(str(model_dir)),
-            task=task_defaults(model_dir),
+            task=task,
             variant=args.variant,
             problems=args.problems,
             group_size=args.group_size,

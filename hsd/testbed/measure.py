@@ -162,6 +162,11 @@ def task_defaults(model_dir: str | Path) -> dict:
     if not record.exists():
         return {"steps": 4, "operand_max": 3, "modulus": 10}
     config = json.loads(record.read_text())["config"]
+    if config.get("answer_form", "value") != "value":
+        raise ValueError(
+            f"{model_dir} was pretrained on the {config['answer_form']} answer form; measure scores the chain "
+            "task's value form (for the terse form: hsd analyze on `hsd testbed problems` data)"
+        )
     return {
         "steps": config["steps_range"][1],
         "operand_max": config["operand_max"],

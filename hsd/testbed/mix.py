@@ -22,6 +22,10 @@ context's order for its first k steps, k uniform on 0..n, then applies the remai
 uniformly random order. So a teacher leans on the peer's order (about n/(n+1) on its next operation while
 still on its path) and, once a rollout has left that order, continues correctly from the rollout's own
 prefix. The single-path target is the one correct solution, i.e. the context solution itself.
+
+The terse-answer forms (answer_form "parity" or "half", hsd.testbed.terse) write the same examples with their
+answer line in place of the value's, except the answer-only one: its target is what the terse answer implies
+about the path (`answer_implied`), not an error-free solution, so that teacher stays close to the student.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import NamedTuple
 from hsd.core.contexts import CONTEXT_KINDS
 from hsd.tasks.chain import Chain, chain_prompt, chain_split, random_chain, worked_solution
 from hsd.teacher.template import DEFAULT_TEACHER_TEMPLATE
+from hsd.testbed.terse import ANSWER_FORMS, final_value, terse_answer, terse_prompt, terse_solution
 
 
 class Example(NamedTuple):
@@ -105,36 +110,63 @@ def example(
     error_rate: float,
     modulus: int,
     slip_rate: float = 0.0,
+    answer_form: str = "value",
 ) -> Example:
-    """One (user message, assistant target) pair of the mix; a context example slips with `slip_rate`."""
+    """One (user message, assistant target) pair of the mix; a context example slips with `slip_rate`.
+    answer_form "parity" / "half": a terse-answer form (hsd.testbed.terse), answer-only target `answer_implied`."""
     if context not in CONTEXT_KINDS:
         raise ValueError(f"context must be one of {CONTEXT_KINDS}, got {context!r}")
+    if answer_form not in ANSWER_FORMS:
+        raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {answer_form!r}")
     chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
     while chain_split(chain) != "train":  # held-out problems never appear in pretraining
         chain = random_chain(rng, variant, steps, operand_max, modulus=modulus)
-    question = chain_prompt(chain)
+    terse = answer_form != "value"
+    question = terse_prompt(chain, answer_form) if terse else chain_prompt(chain)
+
+    def finish(solution: str) -> str:  # the form's last line
+        return terse_solution(solution, answer_form) if terse else solution
+
     single = variant == "single"
     if context == "none":
         order = list(chain.ops) if single else random_order(chain.ops, rng)
-        return Example(question, corrupted_solution(chain, order, rng, error_rate))
-    answer = chain.number(chain.answer) if context.startswith("answer") else None
+        return Example(question, finish(corrupted_solution(chain, order, rng, error_rate)))
+    if terse and context == "answer":
+        user = DEFAULT_TEACHER_TEMPLATE.render(question, answer=terse_answer(chain.answer, answer_form))
+        return Example(user, finish(answer_implied(chain, rng, error_rate, answer_form)))
+    gold = terse_answer(chain.answer, answer_form) if terse else chain.number(chain.answer)
+    answer = gold if context.startswith("answer") else None
     slip = rng.random() < slip_rate
 
     def target(order: Sequence[int]) -> Example:
-        return solution_with_slip(chain, order, rng) if slip else Example("", worked_solution(chain, order))
+        made = solution_with_slip(chain, order, rng) if slip else Example("", worked_solution(chain, order))
+        return made._replace(target=finish(made.target))  # a slip sits in the worked lines, before the end
 
     if context == "answer":
         order = list(chain.ops) if single else random_order(chain.ops, rng)
         return target(order)._replace(user=DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer))
     # peer: a successful rollout, in any valid order; reference: the given-order solution (Problem.reference)
     context_order = list(chain.ops) if single or context == "reference" else random_order(chain.ops, rng)
-    context_text = worked_solution(chain, context_order)
+    context_text = finish(worked_solution(chain, context_order))
     target_order = context_order if single else order_near(context_order, rng)
     if context == "reference":
         user = DEFAULT_TEACHER_TEMPLATE.render(question, reference=context_text)
     else:
         user = DEFAULT_TEACHER_TEMPLATE.render(question, answer=answer, peer=context_text)
     return target(target_order)._replace(user=user)
+
+
+def answer_implied(chain: Chain, rng: random.Random, error_rate: float, form: str = "parity") -> str:
+    """What a terse answer implies about the path: a context-free solution with the student's error rate, drawn
+    until it ends at the gold terse answer (rejection sampling from the student's own mix). About half of the
+    wrong chains stay, so an answer-only teacher trained on these writes nearly as the student does before the
+    end: it "falls silent" where a peer, a whole correct path, still pins the error."""
+    gold = terse_answer(chain.answer, form)
+    while True:
+        order = list(chain.ops) if chain.variant == "single" else random_order(chain.ops, rng)
+        solution = corrupted_solution(chain, order, rng, error_rate)
+        if terse_answer(final_value(solution), form) == gold:
+            return solution
 
 
 def sample_example(
@@ -147,6 +179,7 @@ def sample_example(
     error_rate: float,
     modulus: int,
     slip_rate: float = 0.0,
+    answer_form: str = "value",
 ) -> Example:
     """One example with its context kind, variant and length drawn from the mix's proportions."""
     names, weights = zip(*context_weights)
@@ -162,6 +195,7 @@ def sample_example(
         error_rate=error_rate,
         modulus=modulus,
         slip_rate=slip_rate,
+        answer_form=answer_form,
     )
 
 
@@ -171,6 +205,7 @@ __all__ = [
     "corrupted_solution",
     "example",
     "order_near",
+    "answer_implied",
     "sample_example",
     "solution_with_slip",
 ]

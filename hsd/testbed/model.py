@@ -23,6 +23,7 @@ import torch
 from hsd.core.contexts import CONTEXT_KINDS
 from hsd.tasks.chain import MODULI
 from hsd.testbed.mix import sample_example
+from hsd.testbed.terse import ANSWER_FORMS
 
 CODE_VERSION = 2  # bump when a change here or in the mix changes the weights a config builds
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
@@ -70,6 +71,9 @@ class TestbedConfig:
     context_weights: tuple[tuple[str, float], ...] = field(
         default=(("none", 0.8), ("answer+peer", 0.1), ("answer", 0.04), ("peer", 0.02), ("reference", 0.04))
     )
+    # "parity" / "half": a terse-answer chain (hsd.testbed.terse); a knob added later, so left out of key() and the
+    # build record at its default: every build made before it keeps its cache entry and weights
+    answer_form: str = "value"
 
     def __post_init__(self) -> None:
         positive = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_positions")
@@ -96,16 +100,26 @@ class TestbedConfig:
             raise ValueError(f"modulus must be one of {MODULI}, got {self.modulus!r}")
         if not 1 <= self.operand_max < self.modulus:
             raise ValueError(f"operand_max must be in [1, {self.modulus - 1}], got {self.operand_max!r}")
+        if self.answer_form not in ANSWER_FORMS:
+            raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {self.answer_form!r}")
         unknown = [name for name, _ in self.context_weights if name not in CONTEXT_KINDS]
         if unknown or not any(weight > 0 for _, weight in self.context_weights):
             raise ValueError(
                 f"context_weights must weigh contexts among {CONTEXT_KINDS} positively, got {unknown}"
             )
 
+    def fields(self) -> dict:
+        """The config as a dict, without the knobs added later (LATER_KNOBS) that are at their defaults."""
+        fields = dataclasses.asdict(self)
+        return {k: v for k, v in fields.items() if k not in LATER_KNOBS or v != LATER_KNOBS[k]}
+
     def key(self) -> str:
         """A short hash of the config and the code version: the cache entry's name."""
-        payload = json.dumps({"code_version": CODE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        payload = json.dumps({"code_version": CODE_VERSION, **self.fields()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+LATER_KNOBS = {"answer_form": "value"}  # knob -> default; hashed only when changed
 
 
 DEFAULT_TESTBED = TestbedConfig()
@@ -196,6 +210,7 @@ def _batches(config: TestbedConfig, tokenizer):
         error_rate=config.error_rate,
         modulus=config.modulus,
         slip_rate=config.slip_rate,
+        answer_form=config.answer_form,
     )
     chunk = 16
     for _ in range(math.ceil(config.train_steps / chunk)):
@@ -353,7 +368,7 @@ def build_testbed_model(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         record = {
-            "config": dataclasses.asdict(config),
+            "config": config.fields(),
             "code_version": CODE_VERSION,
             "weights_sha256": weights_sha256(model),
             **stats,
