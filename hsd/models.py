@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,7 +77,8 @@ def testbed_options(name: str) -> tuple[int, dict]:
 def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **knobs) -> Path:
     """The directory of the testbed model `name` (see `testbed_options`), built first when the cache has no
     build: a step of about 2 minutes with the default knobs (longer chains take longer), announced through `announce` first."""
-    from hsd.testbed.model import build_testbed_model, cache_root, cached_testbed_model
+    from hsd.testbed.model import build_testbed_model, cached_testbed_model
+    from hsd.testbed.model import cache_root as testbed_cache_root
 
     seed, named = testbed_options(name)
     knobs = {**named, **knobs}
@@ -90,7 +92,7 @@ def testbed_model(name: str = "testbed", announce=print, *, cache_dir=None, **kn
         f" --knob {k}={json.dumps(v, separators=(',', ':'))}" for k, v in knobs.items()
     )
     announce(
-        f"model {name!r}: no build in {cache_root(cache_dir)} yet; pretraining it now ({took}; "
+        f"model {name!r}: no build in {testbed_cache_root(cache_dir)} yet; pretraining it now ({took}; "
         f"`{ahead}` does this step ahead of time)"
     )
     return build_testbed_model(seed=seed, cache_dir=cache_dir, **knobs)
@@ -176,6 +178,21 @@ def dequantized(model) -> None:
         del model.config.quantization_config
 
 
+def save_checkpoint_folder(model, tokenizer, folder: Path) -> None:
+    """Save `model` and `tokenizer` as the checkpoint folder `folder`, atomically: written into a staging
+    folder of this process, then renamed. A folder another process finished first stays; an OSError where
+    `folder` cannot be written (a read-only or full cache) is raised, the staging folder removed."""
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "config.json").is_file():
+            raise
+
+
 def convert_gguf(source: ModelSource) -> ModelSource:
     """Read a GGUF source once (weights dequantized to float32, and its tokenizer) and save both as the
     checkpoint folder `converted_gguf_folder` names; the folder's source. Where the folder cannot be written
@@ -185,25 +202,19 @@ def convert_gguf(source: ModelSource) -> ModelSource:
 
     gguf = Path(source.pretrained) / str(source.gguf_file)
     folder = converted_gguf_folder(gguf)
-    staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     try:
-        staging.mkdir(parents=True, exist_ok=True)  # before the minute of reading: can the cache be written?
+        # before the minute of reading: can the cache be made?
+        folder.parent.mkdir(parents=True, exist_ok=True)
         model = AutoModelForCausalLM.from_pretrained(
             source.pretrained, dtype=torch.float32, **source.init_kwargs
         )
         tokenizer = AutoTokenizer.from_pretrained(source.pretrained, **source.init_kwargs)
         dequantized(model)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        staging.replace(folder)  # atomic
+        save_checkpoint_folder(model, tokenizer, folder)
     except OSError as exc:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / "config.json").is_file():  # else another process finished it first
-            print(f"hsd: could not cache {gguf.name} as a checkpoint folder under {folder.parent} ({exc}); "
-                  "reading the GGUF file each time instead (about a minute)", file=sys.stderr)  # fmt: skip
-            return source
+        print(f"hsd: could not cache {gguf.name} as a checkpoint folder under {folder.parent} ({exc}); "
+              "reading the GGUF file each time instead (about a minute)", file=sys.stderr)  # fmt: skip
+        return source
     return replace(source, pretrained=str(folder), gguf_file=None)
 
 

@@ -42,11 +42,13 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
+
+from hsd.models import cache_root as hsd_cache_root
+from hsd.models import save_checkpoint_folder
 
 WEIGHTS_FOLDER = "vllm-weights"  # under output_dir: the server reads the synced weights from here
 WEIGHTS_FILE = "model.safetensors"
@@ -54,7 +56,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 def cache_root() -> Path:
     """Where converted model folders are kept: $HSD_CACHE_DIR/vllm-models, else ~/.cache/hsd/vllm-models."""
-    return Path(os.environ.get("HSD_CACHE_DIR") or Path.home() / ".cache" / "hsd") / "vllm-models"
+    return hsd_cache_root() / "vllm-models"
 
 
 def on_cpu(args) -> bool:
@@ -107,10 +109,7 @@ def converted_folder(policy, tokenizer) -> Path:
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
     folder = cache_root() / key
     if not (folder / "config.json").is_file():
-        staging = folder.with_name(key + ".partial")
-        policy.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        staging.replace(folder)
+        save_checkpoint_folder(policy, tokenizer, folder)
     return folder
 
 
