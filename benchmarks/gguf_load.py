@@ -10,6 +10,7 @@ helps the next more than the other). Prints the median seconds of each and their
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -17,7 +18,6 @@ import tempfile
 
 LOAD = """
 import sys, time
-from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 where, gguf = sys.argv[1], sys.argv[2] or None
 kwargs = {"gguf_file": gguf} if gguf else {}
@@ -39,8 +39,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    import os
-
     from hsd.models import load_model, resolve_model, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
